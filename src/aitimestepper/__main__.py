@@ -1,0 +1,5 @@
+"""``python -m aitimestepper`` is the ``aits`` command."""
+
+from aitimestepper.cli import main
+
+main()

@@ -1,0 +1,116 @@
+"""Pairwise Newtonian gravity (G = 1) for batches of independent systems.
+
+Every function works on a batch of B systems of N bodies in D dimensions and reduces over
+bodies only, so each system's result depends on that system alone (batched equals unbatched,
+bit for bit). Units: G = 1; lengths, masses and times in any consistent unit system.
+
+Softening is Plummer softening: the pair distance r is replaced by sqrt(r**2 + eps**2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+GRAVITATIONAL_CONSTANT = 1.0
+
+
+def pair_separations(positions: Tensor) -> Tensor:
+    """Separation vectors x_j - x_i.
+
+    Args:
+        positions: (B, N, D) float64 positions.
+
+    Returns:
+        (B, N, N, D) tensor whose [b, i, j] entry points from body i to body j.
+    """
+    return positions.unsqueeze(-3) - positions.unsqueeze(-2)
+
+
+def _softened_square_distances(separations: Tensor, softening: float) -> Tensor:
+    """Softened squared distances with the self-pairs set to +inf, shape (B, N, N).
+
+    Setting the diagonal to +inf makes every inverse power of it exactly zero, so self-pairs
+    drop out of sums without producing NaN values or NaN gradients.
+    """
+    square = separations.square().sum(dim=-1) + softening**2
+    n_bodies = square.shape[-1]
+    self_pair = torch.eye(n_bodies, dtype=torch.bool, device=square.device)
+    return square.masked_fill(self_pair, float("inf"))
+
+
+def accelerations(positions: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:
+    """Gravitational acceleration of every body.
+
+    Args:
+        positions: (B, N, D) float64 positions.
+        masses: (B, N) float64 masses, all positive.
+        softening: Plummer softening length eps >= 0 (same unit as positions).
+
+    Returns:
+        (B, N, D) accelerations a_i = G sum_j m_j (x_j - x_i) / (r_ij**2 + eps**2)**1.5.
+    """
+    separations = pair_separations(positions)
+    inverse_cube = _softened_square_distances(separations, softening).pow(-1.5)
+    weights = GRAVITATIONAL_CONSTANT * masses.unsqueeze(-2) * inverse_cube
+    return (weights.unsqueeze(-1) * separations).sum(dim=-2)
+
+
+def potential_energy(positions: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:
+    """Total gravitational potential energy -G sum_{i<j} m_i m_j / sqrt(r_ij**2 + eps**2).
+
+    Args:
+        positions: (B, N, D) float64 positions.
+        masses: (B, N) float64 masses.
+        softening: Plummer softening length eps >= 0.
+
+    Returns:
+        (B,) potential energies.
+    """
+    inverse_distance = _softened_square_distances(pair_separations(positions), softening).rsqrt()
+    mass_products = masses.unsqueeze(-1) * masses.unsqueeze(-2)
+    return -0.5 * GRAVITATIONAL_CONSTANT * (mass_products * inverse_distance).sum(dim=(-2, -1))
+
+
+def kinetic_energy(velocities: Tensor, masses: Tensor) -> Tensor:
+    """Total kinetic energy sum_i m_i |v_i|**2 / 2, shape (B,)."""
+    return 0.5 * (masses * velocities.square().sum(dim=-1)).sum(dim=-1)
+
+
+def total_energy(positions: Tensor, velocities: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:
+    """Kinetic plus potential energy, shape (B,)."""
+    return kinetic_energy(velocities, masses) + potential_energy(positions, masses, softening)
+
+
+def linear_momentum(velocities: Tensor, masses: Tensor) -> Tensor:
+    """Total linear momentum sum_i m_i v_i, shape (B, D)."""
+    return (masses.unsqueeze(-1) * velocities).sum(dim=-2)
+
+
+def angular_momentum(positions: Tensor, velocities: Tensor, masses: Tensor) -> Tensor:
+    """Total angular momentum about the origin.
+
+    Returns:
+        (B,) the z component for D = 2; (B, 3) the vector for D = 3.
+    """
+    momenta = masses.unsqueeze(-1) * velocities
+    if positions.shape[-1] == 2:
+        per_body = positions[..., 0] * momenta[..., 1] - positions[..., 1] * momenta[..., 0]
+        return per_body.sum(dim=-1)
+    return torch.linalg.cross(positions, momenta, dim=-1).sum(dim=-2)
+
+
+def free_fall_times(positions: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:
+    """Pairwise free-fall time scales sqrt(r_ij**3 / (G (m_i + m_j))), softened.
+
+    Returns:
+        (B, N, N) time scales with +inf on the diagonal (a body with itself).
+    """
+    square = _softened_square_distances(pair_separations(positions), softening)
+    pair_mass = masses.unsqueeze(-1) + masses.unsqueeze(-2)
+    return (square.pow(1.5) / (GRAVITATIONAL_CONSTANT * pair_mass)).sqrt()
+
+
+def min_free_fall_time(positions: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:
+    """Shortest pairwise free-fall time of each system, shape (B,): the dynamical time scale."""
+    return free_fall_times(positions, masses, softening).amin(dim=(-2, -1))

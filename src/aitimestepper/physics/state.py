@@ -1,0 +1,183 @@
+"""The state of a batch of independent N-body systems."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from aitimestepper.physics import gravity
+
+DTYPE = torch.float64
+
+
+@dataclass(frozen=True)
+class State:
+    """B independent gravitating systems of N bodies in D = 2 or 3 dimensions, float64.
+
+    The acceleration at the current positions is carried along so that a kick-drift-kick step
+    needs one force evaluation, not two.
+
+    Attributes:
+        positions: (B, N, D) positions.
+        velocities: (B, N, D) velocities.
+        masses: (B, N) masses, positive.
+        accelerations: (B, N, D) gravitational accelerations at ``positions``.
+        time: (B,) time of each system since its start.
+        softening: Plummer softening length shared by the batch.
+    """
+
+    positions: Tensor
+    velocities: Tensor
+    masses: Tensor
+    accelerations: Tensor
+    time: Tensor
+    softening: float = 0.0
+
+    @classmethod
+    def from_arrays(
+        cls,
+        positions: Tensor,
+        velocities: Tensor,
+        masses: Tensor,
+        softening: float = 0.0,
+    ) -> State:
+        """Build a validated state at time 0, computing the accelerations.
+
+        Args:
+            positions: (B, N, D) positions, or (N, D) for one system; converted to float64.
+            velocities: same shape as ``positions``.
+            masses: (B, N) positive masses, or (N,) for one system.
+            softening: Plummer softening length, >= 0.
+
+        Raises:
+            ValueError: naming the offending array and the rule it breaks.
+        """
+        positions = torch.as_tensor(positions, dtype=DTYPE)
+        velocities = torch.as_tensor(velocities, dtype=DTYPE)
+        masses = torch.as_tensor(masses, dtype=DTYPE)
+        if positions.ndim == 2:
+            positions, velocities = positions[None], velocities[None]
+        if masses.ndim == 1:
+            masses = masses[None]
+        _validate_arrays(positions, velocities, masses, softening)
+        return cls(
+            positions=positions,
+            velocities=velocities,
+            masses=masses,
+            accelerations=gravity.accelerations(positions, masses, softening),
+            time=torch.zeros(positions.shape[0], dtype=DTYPE, device=positions.device),
+            softening=float(softening),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        """Number of systems B."""
+        return self.positions.shape[0]
+
+    @property
+    def num_bodies(self) -> int:
+        """Number of bodies per system N."""
+        return self.positions.shape[1]
+
+    @property
+    def dim(self) -> int:
+        """Spatial dimension D."""
+        return self.positions.shape[2]
+
+    def energy(self) -> Tensor:
+        """Total energy of each system, shape (B,)."""
+        return gravity.total_energy(self.positions, self.velocities, self.masses, self.softening)
+
+    def momentum(self) -> Tensor:
+        """Linear momentum of each system, shape (B, D)."""
+        return gravity.linear_momentum(self.velocities, self.masses)
+
+    def angular_momentum(self) -> Tensor:
+        """Angular momentum of each system: (B,) for D = 2, (B, 3) for D = 3."""
+        return gravity.angular_momentum(self.positions, self.velocities, self.masses)
+
+    def free_fall_time(self) -> Tensor:
+        """Shortest pairwise free-fall time of each system, shape (B,)."""
+        return gravity.min_free_fall_time(self.positions, self.masses, self.softening)
+
+    def finite_mask(self) -> Tensor:
+        """(B,) bool, True where positions, velocities and accelerations are all finite."""
+        values = torch.cat([self.positions, self.velocities, self.accelerations], dim=-1)
+        return values.isfinite().flatten(start_dim=1).all(dim=1)
+
+    def detach(self) -> State:
+        """The same state cut from any autograd graph."""
+        return self._map(lambda t: t.detach())
+
+    def select(self, index: Tensor) -> State:
+        """The systems picked by ``index`` (a (B,) bool mask or a 1-D index tensor)."""
+        return self._map(lambda t: t[index])
+
+    def repeat_interleave(self, repeats: int) -> State:
+        """Each system repeated ``repeats`` times in a row: (B,) -> (B * repeats,)."""
+        return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def where(self, condition: Tensor, other: State) -> State:
+        """Per system: this state where ``condition`` (B,) is True, ``other`` elsewhere."""
+
+        def pick(mine: Tensor, theirs: Tensor) -> Tensor:
+            shape = (-1,) + (1,) * (mine.ndim - 1)
+            return torch.where(condition.view(shape), mine, theirs)
+
+        return State(
+            positions=pick(self.positions, other.positions),
+            velocities=pick(self.velocities, other.velocities),
+            masses=pick(self.masses, other.masses),
+            accelerations=pick(self.accelerations, other.accelerations),
+            time=pick(self.time, other.time),
+            softening=self.softening,
+        )
+
+    @staticmethod
+    def concatenate(states: Sequence[State]) -> State:
+        """Join batches of systems with the same N, D and softening along the batch axis."""
+        first = states[0]
+        if any(s.softening != first.softening for s in states):
+            raise ValueError("cannot concatenate states with different softening lengths")
+        return State(
+            positions=torch.cat([s.positions for s in states]),
+            velocities=torch.cat([s.velocities for s in states]),
+            masses=torch.cat([s.masses for s in states]),
+            accelerations=torch.cat([s.accelerations for s in states]),
+            time=torch.cat([s.time for s in states]),
+            softening=first.softening,
+        )
+
+    def _map(self, fn) -> State:
+        return State(
+            positions=fn(self.positions),
+            velocities=fn(self.velocities),
+            masses=fn(self.masses),
+            accelerations=fn(self.accelerations),
+            time=fn(self.time),
+            softening=self.softening,
+        )
+
+
+def _validate_arrays(positions: Tensor, velocities: Tensor, masses: Tensor, softening: float) -> None:
+    """Refuse arrays a simulation cannot start from, naming the array and the rule."""
+    if positions.ndim != 3 or positions.shape[-1] not in (2, 3):
+        raise ValueError(f"positions must have shape (B, N, D) with D in {{2, 3}}, got {tuple(positions.shape)}")
+    if velocities.shape != positions.shape:
+        raise ValueError(
+            f"velocities must have the shape of positions {tuple(positions.shape)}, got {tuple(velocities.shape)}"
+        )
+    if masses.shape != positions.shape[:2]:
+        raise ValueError(f"masses must have shape (B, N) = {tuple(positions.shape[:2])}, got {tuple(masses.shape)}")
+    if positions.shape[1] < 2:
+        raise ValueError(f"a system needs at least 2 bodies, got N = {positions.shape[1]}")
+    for name, array in (("positions", positions), ("velocities", velocities), ("masses", masses)):
+        if not bool(array.isfinite().all()):
+            raise ValueError(f"{name} must be finite (found NaN or inf)")
+    if not bool((masses > 0).all()):
+        raise ValueError("masses must be > 0")
+    if not softening >= 0:
+        raise ValueError(f"softening must be >= 0, got {softening}")

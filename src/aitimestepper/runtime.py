@@ -1,0 +1,23 @@
+"""Infrastructure settings from the environment (never science: those live in params.yaml)."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Runtime(BaseSettings):
+    """Machine-specific settings, read from ``AITS_*`` environment variables.
+
+    Example: ``AITS_NUM_THREADS=1 aits simulate``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AITS_", extra="ignore")
+
+    num_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 keeps torch's default.")
+
+    def apply(self) -> None:
+        """Configure torch for this process."""
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)

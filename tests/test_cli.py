@@ -1,0 +1,59 @@
+"""The ``aits`` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def aits(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "aitimestepper", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def small_params(tmp_path: Path, **simulation) -> Path:
+    data = yaml.safe_load((REPO / "params.yaml").read_text())
+    data["simulation"].update({"num_systems": 3, "duration_periods": 1.0, **simulation})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_params_command_prints_the_contract(tmp_path):
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    done = aits("params", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["energy_threshold"] == 2e-4
+
+
+def test_simulate_writes_metrics(tmp_path):
+    small_params(tmp_path)
+    done = aits("simulate", "--output", "out/sim.json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "out/sim.json").read_text())
+    assert metrics["policy"] == "free_fall"
+    assert metrics["summary"]["all_reached_end"]
+    assert [s["eccentricity"] for s in metrics["systems"]] == [0.5, 0.9, 0.99]
+
+
+def test_bad_params_exit_2_name_the_key_and_write_nothing(tmp_path):
+    path = small_params(tmp_path)
+    path.write_text(path.read_text().replace("energy_threshold: 0.0002", "energy_threshold: -1"))
+    done = aits("simulate", "--output", "out/sim.json", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "energy_threshold = -1" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_the_commands(tmp_path):
+    done = aits("--help", cwd=tmp_path)
+    assert done.returncode == 0
+    assert "simulate" in done.stdout and "params" in done.stdout
