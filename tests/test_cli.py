@@ -36,7 +36,7 @@ def test_params_command_prints_the_contract(tmp_path):
 
 def test_simulate_writes_metrics(tmp_path):
     small_params(tmp_path)
-    done = aits("simulate", "--output", "out/sim.json", cwd=tmp_path)
+    done = aits("simulate", "--policy", "free_fall", "--output", "out/sim.json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     metrics = json.loads((tmp_path / "out/sim.json").read_text())
     assert metrics["policy"] == "free_fall"
@@ -53,7 +53,15 @@ def test_bad_params_exit_2_name_the_key_and_write_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_learned_policy_without_a_checkpoint_exits_2(tmp_path):
+    small_params(tmp_path)
+    done = aits("simulate", "--model", "models/none.pt", "--output", "out/sim.json", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "models/none.pt does not exist" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_lists_the_commands(tmp_path):
     done = aits("--help", cwd=tmp_path)
     assert done.returncode == 0
-    assert "simulate" in done.stdout and "params" in done.stdout
+    assert all(command in done.stdout for command in ("simulate", "params", "train"))

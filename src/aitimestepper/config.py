@@ -59,8 +59,8 @@ class InitialConditionsParams(Section):
     )
     mass_ratio_max: float = Field(1.0, gt=0.0, le=1.0, description="Largest mass ratio q = m2/m1, in (0, 1].")
     total_mass: float = Field(1.0, gt=0.0, description="Total mass of every system (mass units, G = 1).")
-    start_phase: Literal["pericenter", "apocenter", "random"] = Field(
-        "random", description="Where on the orbit binaries start."
+    start_phase: Literal["pericenter", "apocenter", "random", "random_true_anomaly"] = Field(
+        "random_true_anomaly", description="Where binaries start: fixed, uniform in time, or uniform in true anomaly."
     )
     file: str | None = Field(None, description="JSON/NPZ initial-conditions file; required when kind is 'file'.")
 
@@ -102,6 +102,24 @@ class ModelParams(Section):
         (64, 64), min_length=1, max_length=8, description="Widths of the hidden layers."
     )
     activation: Literal["tanh", "relu", "silu", "gelu"] = Field("tanh", description="Hidden-layer activation.")
+    initial_dt_fraction: float = Field(
+        0.005, gt=0.0, le=1.0, description="dt / free-fall time of the untrained network."
+    )
+    min_dt_fraction: float = Field(
+        1e-6, gt=0.0, le=1.0, description="Smallest dt / free-fall time the network may output."
+    )
+    max_dt_fraction: float = Field(
+        1.0, gt=0.0, le=10.0, description="Largest dt / free-fall time the network may output."
+    )
+
+    @model_validator(mode="after")
+    def _fractions_ordered(self) -> ModelParams:
+        if not self.min_dt_fraction <= self.initial_dt_fraction <= self.max_dt_fraction:
+            raise ValueError(
+                f"need min_dt_fraction ({self.min_dt_fraction}) <= initial_dt_fraction "
+                f"({self.initial_dt_fraction}) <= max_dt_fraction ({self.max_dt_fraction})"
+            )
+        return self
 
 
 class TrainingParams(Section):
@@ -116,21 +134,45 @@ class TrainingParams(Section):
     band_upper: float = Field(
         0.85, gt=0.0, le=1.0, description="Upper edge of the loss band, as a fraction of energy_threshold."
     )
+    below_band_weight: float = Field(
+        0.1, gt=0.0, le=1.0, description="Weight of the dt-too-small loss term relative to the dt-too-large term."
+    )
     replay_batch_size: int = Field(512, ge=1, le=1_000_000, description="Part 2 minibatch size.")
     replay_steps: int = Field(200, ge=1, le=1_000_000, description="Cap on Part 2 iterations per epoch.")
+    replay_min_steps: int = Field(
+        20,
+        ge=1,
+        le=1_000_000,
+        description="Part 2 iterations run even when minibatches already pass (keeps dt pushed up).",
+    )
+    replay_capacity: int = Field(65_536, ge=1, le=10_000_000, description="Replay buffer size (oldest states dropped).")
+    max_retrain_steps: int | None = Field(
+        None, ge=1, description="Optional cap on Part 1 optimizer steps per epoch; null: retry until accepted."
+    )
+    orbit_budget: float = Field(
+        2.0, gt=0.0, le=1e4, description="Periods a Part 1 system is followed before it is re-drawn."
+    )
+    grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clip of every optimizer step.")
+    validation_periods: float = Field(1.0, gt=0.0, le=100.0, description="Periods of each validation orbit.")
     checkpoint_every: int = Field(1, ge=1, description="Epochs between checkpoints.")
 
     @model_validator(mode="after")
     def _band_ordered(self) -> TrainingParams:
         if not self.band_lower < self.band_upper:
             raise ValueError(f"band_lower ({self.band_lower}) must be < band_upper ({self.band_upper})")
+        if self.replay_min_steps > self.replay_steps:
+            raise ValueError(
+                f"replay_min_steps ({self.replay_min_steps}) must be <= replay_steps ({self.replay_steps})"
+            )
         return self
 
 
 class SimulationParams(Section):
     """The simulation stage: which policy integrates which systems for how long."""
 
-    policy: Literal["fixed", "free_fall", "oracle"] = Field("free_fall", description="Time-step policy.")
+    policy: Literal["learned", "fixed", "free_fall", "oracle"] = Field(
+        "learned", description="Time-step policy ('learned' reads the trained checkpoint)."
+    )
     fixed_dt: float = Field(1e-3, gt=0.0, description="Step of the 'fixed' policy (time units).")
     eta: float = Field(0.05, gt=0.0, le=10.0, description="Free-fall policy factor: dt = eta * min free-fall time.")
     num_systems: int = Field(6, ge=1, le=100_000, description="Systems simulated together.")

@@ -56,6 +56,7 @@ def rollout(
     *,
     energy_threshold: float,
     max_steps: int,
+    step_caps: Tensor | None = None,
     progress=None,
 ) -> Rollout:
     """Integrate every system with ``policy`` until its time reaches ``end_time``.
@@ -70,6 +71,7 @@ def rollout(
         end_time: (B,) end time of each system (time units).
         energy_threshold: the per-step gate used to count passing steps.
         max_steps: hard cap on steps per system.
+        step_caps: optional (B,) per-system caps (each <= ``max_steps``).
         progress: optional callable ``progress(steps_done)`` called once per step.
     """
     zeros = torch.zeros(state.batch_size, dtype=state.positions.dtype)
@@ -85,6 +87,8 @@ def rollout(
     with torch.no_grad():
         for _ in range(max_steps):
             active = (end_time - state.time > _END_TOLERANCE * end_time.abs()) & ~failed
+            if step_caps is not None:
+                active &= steps < step_caps
             if not bool(active.any()):
                 break
             proposed = policy.propose(state, history)

@@ -42,10 +42,18 @@ def simulation_binaries(params: Params) -> KeplerElements:
     )
 
 
-def policy_from_params(params: Params, name: str | None = None) -> TimeStepPolicy:
-    """The classical policy ``name`` (default ``simulation.policy``) configured from params."""
+def policy_from_params(params: Params, name: str | None = None, model_path: Path | None = None) -> TimeStepPolicy:
+    """The policy ``name`` (default ``simulation.policy``): ``learned`` loads ``model_path``,
+    the classical ones are configured from params."""
     sim = params.simulation
-    return make_policy(name or sim.policy, energy_threshold=params.energy_threshold, fixed_dt=sim.fixed_dt, eta=sim.eta)
+    name = name or sim.policy
+    if name == "learned":
+        from aitimestepper.checkpoint import load_policy
+
+        if model_path is None:
+            raise ValueError("the learned policy needs a checkpoint path (--model)")
+        return load_policy(model_path)
+    return make_policy(name, energy_threshold=params.energy_threshold, fixed_dt=sim.fixed_dt, eta=sim.eta)
 
 
 def run_simulation(params: Params, policy: TimeStepPolicy, progress=None) -> dict[str, Any]:
@@ -79,9 +87,11 @@ def run_simulation(params: Params, policy: TimeStepPolicy, progress=None) -> dic
     }
 
 
-def write_simulation(params: Params, policy_name: str | None, output: Path, progress=None) -> dict[str, Any]:
+def write_simulation(
+    params: Params, policy_name: str | None, output: Path, model_path: Path | None = None, progress=None
+) -> dict[str, Any]:
     """Run the stage and write its metrics JSON atomically to ``output``."""
-    metrics = run_simulation(params, policy_from_params(params, policy_name), progress=progress)
+    metrics = run_simulation(params, policy_from_params(params, policy_name, model_path), progress=progress)
     write_json(output, metrics)
     return metrics
 

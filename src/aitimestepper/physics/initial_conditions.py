@@ -28,7 +28,7 @@ from aitimestepper.physics import gravity
 from aitimestepper.physics.state import DTYPE, State
 
 EccentricitySampling = Literal["uniform", "log_one_minus_e"]
-StartPhase = Literal["pericenter", "apocenter", "random"]
+StartPhase = Literal["pericenter", "apocenter", "random", "random_true_anomaly"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,15 @@ def solve_kepler(mean_anomaly: Tensor, eccentricity: Tensor, iterations: int = 6
         residual = anomaly - eccentricity * torch.sin(anomaly) - mean_anomaly
         anomaly = anomaly - residual / (1.0 - eccentricity * torch.cos(anomaly))
     return anomaly
+
+
+def mean_anomaly_from_true(true_anomaly: Tensor, eccentricity: Tensor) -> Tensor:
+    """Mean anomaly M of the orbital position with true anomaly nu (radians), shape (B,)."""
+    half = 0.5 * true_anomaly
+    eccentric = 2.0 * torch.atan2(
+        (1.0 - eccentricity).sqrt() * torch.sin(half), (1.0 + eccentricity).sqrt() * torch.cos(half)
+    )
+    return eccentric - eccentricity * torch.sin(eccentric)
 
 
 def kepler_binary(elements: KeplerElements, dim: int = 2, softening: float = 0.0) -> State:
@@ -124,7 +133,10 @@ def sample_kepler_elements(
         semi_major_axis_range: (a_min, a_max), a drawn uniformly.
         mass_ratio_range: (q_min, q_max) in (0, 1], q = m2 / m1 drawn uniformly.
         total_mass: m1 + m2 of every binary.
-        start_phase: ``pericenter``, ``apocenter`` or ``random`` (uniform mean anomaly).
+        start_phase: ``pericenter``, ``apocenter``, ``random`` (uniform in mean anomaly, i.e.
+            in time: pericenter passages of eccentric orbits are rare) or
+            ``random_true_anomaly`` (uniform in true anomaly: close to the density of steps of an
+            adaptive integrator, which spends many steps near pericenter).
     """
 
     def uniform(low: float, high: float) -> Tensor:
@@ -140,9 +152,12 @@ def sample_kepler_elements(
     mass_ratio = uniform(*mass_ratio_range)
     phase_random = uniform(0.0, 2.0 * math.pi)
     fixed_phase = {"pericenter": 0.0, "apocenter": math.pi}
-    mean_anomaly = (
-        phase_random if start_phase == "random" else torch.full((count,), fixed_phase[start_phase], dtype=DTYPE)
-    )
+    if start_phase == "random":
+        mean_anomaly = phase_random
+    elif start_phase == "random_true_anomaly":
+        mean_anomaly = mean_anomaly_from_true(phase_random, eccentricity)
+    else:
+        mean_anomaly = torch.full((count,), fixed_phase[start_phase], dtype=DTYPE)
     return KeplerElements(
         eccentricity=eccentricity,
         semi_major_axis=semi_major_axis,

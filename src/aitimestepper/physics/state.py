@@ -120,6 +120,21 @@ class State:
         """Each system repeated ``repeats`` times in a row: (B,) -> (B * repeats,)."""
         return self._map(lambda t: t.repeat_interleave(repeats, dim=0))
 
+    def replace_rows(self, index: Tensor, rows: State) -> State:
+        """A copy with the systems at ``index`` (1-D indices) replaced by the systems of ``rows``."""
+
+        def put(mine: Tensor, theirs: Tensor) -> Tensor:
+            return mine.index_copy(0, index, theirs)
+
+        return State(
+            positions=put(self.positions, rows.positions),
+            velocities=put(self.velocities, rows.velocities),
+            masses=put(self.masses, rows.masses),
+            accelerations=put(self.accelerations, rows.accelerations),
+            time=put(self.time, rows.time),
+            softening=self.softening,
+        )
+
     def where(self, condition: Tensor, other: State) -> State:
         """Per system: this state where ``condition`` (B,) is True, ``other`` elsewhere."""
 

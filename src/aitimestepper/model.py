@@ -1,0 +1,95 @@
+"""The learned time-step policy: an MLP from dimensionless features to dt / free-fall time."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from aitimestepper.config import Params
+from aitimestepper.features import compute_features
+from aitimestepper.history import History
+from aitimestepper.physics.state import DTYPE, State
+from aitimestepper.policies import TimeStepPolicy
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
+
+
+class TimeStepNet(nn.Module):
+    """MLP mapping (B, F) features to (B,) log(dt / t_ff), t_ff the shortest free-fall time.
+
+    Predicting the step relative to the state's own dynamical time makes one network serve
+    systems of any length, mass and time scale. Inputs are standardized with constants stored
+    as buffers (so they travel in the ``state_dict``); the output is clamped to
+    [log min_fraction, log max_fraction]. Float64 throughout, like the physics.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: str,
+        initial_fraction: float,
+        min_fraction: float,
+        max_fraction: float,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = feature_dim
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(width, hidden, dtype=DTYPE), _ACTIVATIONS[activation]()]
+            width = hidden
+        output = nn.Linear(width, 1, dtype=DTYPE)
+        nn.init.zeros_(output.weight)
+        nn.init.constant_(output.bias, math.log(initial_fraction))
+        self.layers = nn.Sequential(*layers, output)
+        self.register_buffer("feature_mean", torch.zeros(feature_dim, dtype=DTYPE))
+        self.register_buffer("feature_scale", torch.ones(feature_dim, dtype=DTYPE))
+        self.log_min, self.log_max = math.log(min_fraction), math.log(max_fraction)
+
+    def set_normalization(self, features: Tensor) -> None:
+        """Standardize inputs with the mean and spread of ``features`` (S, F); constant columns
+        (e.g. zero padding) get scale 1."""
+        self.feature_mean.copy_(features.mean(dim=0))
+        spread = features.std(dim=0)
+        self.feature_scale.copy_(torch.where(spread > 1e-8, spread, torch.ones_like(spread)))
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(B, F) features -> (B,) log(dt / t_ff)."""
+        normalized = (features - self.feature_mean) / self.feature_scale
+        return self.layers(normalized).squeeze(-1).clamp(self.log_min, self.log_max)
+
+
+def build_network(params: Params) -> TimeStepNet:
+    """The network described by ``params`` (its architecture part of the config contract)."""
+    model = params.model
+    return TimeStepNet(
+        feature_dim=params.feature_dim,
+        hidden_sizes=tuple(model.hidden_sizes),
+        activation=model.activation,
+        initial_fraction=model.initial_dt_fraction,
+        min_fraction=model.min_dt_fraction,
+        max_fraction=model.max_dt_fraction,
+    )
+
+
+class LearnedPolicy(TimeStepPolicy):
+    """The network as a time-step policy: dt = t_ff * exp(net(features(state, history)))."""
+
+    name = "learned"
+
+    def __init__(self, network: TimeStepNet, params: Params) -> None:
+        self.network = network
+        self.params = params
+        self.family = params.features.family
+        self.history_len = params.features.history_len
+
+    def step_size(self, state: State, history: History) -> Tensor:
+        """(B,) time steps, differentiable with respect to the network's parameters."""
+        log_fraction = self.network(compute_features(state, history, self.family))
+        return state.free_fall_time().detach() * log_fraction.exp()
+
+    def propose(self, state: State, history: History) -> Tensor:
+        with torch.no_grad():
+            return self.step_size(state, history)

@@ -1,0 +1,65 @@
+"""The learned policy as an MLflow pyfunc model that runs simulations (see :mod:`serving`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature, infer_signature
+from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import ColSpec, Schema
+
+CHECKPOINT_ARTIFACT = "checkpoint"
+OPTIONAL_INPUTS = ("softening", "max_steps")
+
+
+class SimulationModel(PythonModel):
+    """Rebuilds the policy from its checkpoint artifact (the config contract travels inside)
+    and answers simulation requests."""
+
+    def load_context(self, context) -> None:
+        from aitimestepper.checkpoint import load_policy
+
+        self.policy = load_policy(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        """Integrate each requested system; malformed requests raise an HTTP-400 error."""
+        from aitimestepper.serving import RequestError, parse_requests, simulate_requests
+
+        try:
+            requests = parse_requests(pd.DataFrame(model_input))
+        except RequestError as error:
+            raise MlflowException.invalid_parameter_value(str(error)) from None
+        return simulate_requests(self.policy, requests, self.policy.params.energy_threshold)
+
+
+def log_simulation_model(checkpoint: Path, name: str = "model", registered_model_name: str | None = None):
+    """Log the checkpoint as a pyfunc model in the active run, with the package's code,
+    a signature and an input example. Returns mlflow's ``ModelInfo``."""
+    import aitimestepper
+    from aitimestepper.checkpoint import load_policy
+    from aitimestepper.serving import example_request, parse_requests, simulate_requests
+
+    example = example_request()
+    policy = load_policy(checkpoint)
+    output = simulate_requests(policy, parse_requests(example), policy.params.energy_threshold)
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=SimulationModel(),
+        artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
+        code_paths=[str(Path(aitimestepper.__file__).parent)],
+        signature=_signature(example, output),
+        input_example=example,
+        registered_model_name=registered_model_name,
+    )
+
+
+def _signature(example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
+    """The inferred signature, with the optional request columns marked optional."""
+    inferred = infer_signature(example, output)
+    inputs = [
+        ColSpec(spec.type, spec.name, required=spec.name not in OPTIONAL_INPUTS) for spec in inferred.inputs.inputs
+    ]
+    return ModelSignature(inputs=Schema(inputs), outputs=inferred.outputs)

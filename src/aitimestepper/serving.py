@@ -1,0 +1,189 @@
+"""Simulation as a service: the request schema and the MLflow pyfunc model around a checkpoint.
+
+A request is a table with one row per system:
+
+| column | type | meaning |
+|---|---|---|
+| ``masses`` | list of N floats > 0 | masses (G = 1) |
+| ``positions`` | N lists of D floats (D = 2 or 3) | positions |
+| ``velocities`` | N lists of D floats | velocities |
+| ``duration`` | float > 0 | time to integrate (time units) |
+| ``softening`` | float >= 0, optional (default 0) | Plummer softening length |
+| ``max_steps`` | int >= 1, optional (default and cap 100000) | hard cap on steps |
+
+The answer has one row per system: ``steps``, ``gate_pass_rate``, ``max_energy_error``,
+``final_energy_error``, ``dt_mean``, ``dt_min``, ``dt_max``, ``reached_end``, ``failed``,
+``time``, ``final_positions``, ``final_velocities``. Systems are integrated with the learned
+policy in batches of equal N, D and softening, with the same leapfrog step as everywhere else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aitimestepper.physics.state import DTYPE, State
+from aitimestepper.policies import TimeStepPolicy
+from aitimestepper.rollout import rollout
+
+MAX_BODIES = 64
+MAX_STEPS = 100_000
+OUTPUT_COLUMNS = (
+    "steps",
+    "gate_pass_rate",
+    "max_energy_error",
+    "final_energy_error",
+    "dt_mean",
+    "dt_min",
+    "dt_max",
+    "reached_end",
+    "failed",
+    "time",
+    "final_positions",
+    "final_velocities",
+)
+
+
+class RequestError(ValueError):
+    """A malformed simulation request; the message names the row, the field and the rule."""
+
+
+class SystemRequest(BaseModel):
+    """One system to integrate (validated)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    masses: list[float] = Field(min_length=2, max_length=MAX_BODIES)
+    positions: list[list[float]]
+    velocities: list[list[float]]
+    duration: float = Field(gt=0.0)
+    softening: float = Field(0.0, ge=0.0)
+    max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS)
+
+    @field_validator("masses")
+    @classmethod
+    def _positive_masses(cls, masses: list[float]) -> list[float]:
+        if not all(math.isfinite(m) and m > 0 for m in masses):
+            raise ValueError("every mass must be finite and > 0")
+        return masses
+
+    @field_validator("duration", "softening")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be finite")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_shapes(self) -> SystemRequest:
+        count = len(self.masses)
+        for name in ("positions", "velocities"):
+            rows = getattr(self, name)
+            if len(rows) != count:
+                raise ValueError(f"{name} has {len(rows)} rows but there are {count} masses")
+            dims = {len(row) for row in rows}
+            if len(dims) != 1 or dims.pop() not in (2, 3):
+                raise ValueError(f"{name} rows must all have 2 or 3 components")
+            if not all(math.isfinite(v) for row in rows for v in row):
+                raise ValueError(f"{name} must be finite (found NaN or inf)")
+        if len(self.positions[0]) != len(self.velocities[0]):
+            raise ValueError("positions and velocities must have the same dimension")
+        return self
+
+
+def parse_requests(frame: pd.DataFrame) -> list[SystemRequest]:
+    """Validate every row of a request table.
+
+    Raises:
+        RequestError: listing each bad row, field and rule.
+    """
+    problems, requests = [], []
+    for row_number, row in enumerate(frame.to_dict(orient="records")):
+        values = {k: _plain(v) for k, v in row.items() if not _is_missing(v)}
+        try:
+            requests.append(SystemRequest.model_validate(values))
+        except ValidationError as error:
+            for problem in error.errors():
+                field = ".".join(str(p) for p in problem["loc"]) or "row"
+                problems.append(f"row {row_number}: {field}: {problem['msg'].removeprefix('Value error, ')}")
+    if problems:
+        raise RequestError("invalid simulation request:\n  " + "\n  ".join(problems))
+    if not requests:
+        raise RequestError("invalid simulation request: no systems given")
+    return requests
+
+
+def simulate_requests(policy: TimeStepPolicy, requests: list[SystemRequest], energy_threshold: float) -> pd.DataFrame:
+    """Integrate every requested system with ``policy``; one output row per request, in order."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for index, request in enumerate(requests):
+        groups[(len(request.masses), len(request.positions[0]), request.softening)].append(index)
+    rows: list[dict[str, Any] | None] = [None] * len(requests)
+    for (_, _, softening), indices in groups.items():
+        chosen = [requests[i] for i in indices]
+        state = State.from_arrays(
+            torch.tensor([r.positions for r in chosen], dtype=DTYPE),
+            torch.tensor([r.velocities for r in chosen], dtype=DTYPE),
+            torch.tensor([r.masses for r in chosen], dtype=DTYPE),
+            softening,
+        )
+        result = rollout(
+            state,
+            policy,
+            torch.tensor([r.duration for r in chosen], dtype=DTYPE),
+            energy_threshold=energy_threshold,
+            max_steps=max(r.max_steps for r in chosen),
+            step_caps=torch.tensor([r.max_steps for r in chosen]),
+        )
+        steps = result.steps.double().clamp_min(1)
+        for k, index in enumerate(indices):
+            rows[index] = {
+                "steps": int(result.steps[k]),
+                "gate_pass_rate": float(result.steps_passed[k] / steps[k]),
+                "max_energy_error": float(result.max_energy_error[k]),
+                "final_energy_error": float(result.final_energy_error[k]),
+                "dt_mean": float(result.dt_mean[k]),
+                "dt_min": float(result.dt_min[k]) if result.steps[k] > 0 else 0.0,
+                "dt_max": float(result.dt_max[k]),
+                "reached_end": bool(result.reached_end[k]),
+                "failed": bool(result.failed[k]),
+                "time": float(result.final_state.time[k]),
+                "final_positions": result.final_state.positions[k].tolist(),
+                "final_velocities": result.final_state.velocities[k].tolist(),
+            }
+    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+
+def example_request() -> pd.DataFrame:
+    """One equal-mass e = 0.5 binary at apocenter, for one period (2 pi): the input example."""
+    speed = math.sqrt(0.5 / 1.5) / 2.0  # each body's speed: half the relative vis-viva speed
+    return pd.DataFrame(
+        [
+            {
+                "masses": [0.5, 0.5],
+                "positions": [[-0.75, 0.0], [0.75, 0.0]],
+                "velocities": [[0.0, -speed], [0.0, speed]],
+                "duration": 2.0 * math.pi,
+                "softening": 0.0,
+                "max_steps": 10_000,
+            }
+        ]
+    )
+
+
+def _plain(value: Any) -> Any:
+    """numpy arrays and scalars from a DataFrame cell -> plain Python lists and numbers."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

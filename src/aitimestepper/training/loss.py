@@ -1,0 +1,40 @@
+"""The band loss: push each step's relative energy error into a band below the threshold."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_FLOOR = 1e-300
+
+
+def band_loss(
+    error: Tensor, energy_threshold: float, band_lower: float, band_upper: float, below_weight: float = 1.0
+) -> Tensor:
+    """Per-sample squared distance, in log space, of the energy error from the band.
+
+    The band is [band_lower, band_upper] x energy_threshold. Above it the loss shrinks dt, below
+    it the loss grows dt (the efficiency lever: a step far under the threshold is wasted work),
+    inside it the loss is zero.
+
+    Args:
+        error: (B,) relative energy errors of one step each, finite, >= 0, differentiable.
+        energy_threshold: the gate, in (0, 1).
+        band_lower, band_upper: band edges as fractions of the threshold, lower < upper <= 1.
+        below_weight: weight of the below-band term. Below 1 the loss is asymmetric: a step
+            that fails costs more than one that is too cautious, so a network that cannot
+            resolve every state settles on the safe side of the band.
+
+    Returns:
+        (B,) losses, >= 0.
+    """
+    log_error = (error + _FLOOR).log()
+    upper = torch.log(torch.tensor(band_upper * energy_threshold, dtype=error.dtype))
+    lower = torch.log(torch.tensor(band_lower * energy_threshold, dtype=error.dtype))
+    return (log_error - upper).relu().square() + below_weight * (lower - log_error).relu().square()
+
+
+def shrink_loss(log_dt: Tensor) -> Tensor:
+    """Per-sample loss for steps that produced NaN/inf: halve dt (no gradient through physics)."""
+    target = log_dt.detach() - torch.log(torch.tensor(2.0, dtype=log_dt.dtype))
+    return (log_dt - target).square()

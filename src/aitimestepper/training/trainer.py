@@ -1,0 +1,193 @@
+"""Epochs of Part 1 + Part 2, validation-based model selection, checkpoints and resume."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from aitimestepper.checkpoint import model_payload, read_checkpoint, save_checkpoint
+from aitimestepper.config import Params
+from aitimestepper.features import compute_features
+from aitimestepper.history import History
+from aitimestepper.model import LearnedPolicy, build_network
+from aitimestepper.physics.integrator import leapfrog_step
+from aitimestepper.training.buffer import ReplayBuffer
+from aitimestepper.training.collection import Collector
+from aitimestepper.training.replay import replay
+from aitimestepper.training.sampler import SystemSampler
+from aitimestepper.training.validation import score, validate
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
+_NORMALIZATION_SAMPLES = 1024
+
+
+class EpochLogger(Protocol):
+    """Receives each epoch's metrics (e.g. the MLflow tracker)."""
+
+    def log_epoch(self, metrics: dict[str, float], epoch: int) -> None: ...
+
+
+@dataclass
+class TrainingResult:
+    """What a training run produced.
+
+    Attributes:
+        policy: the policy with the final weights.
+        history: one dict of metrics per epoch (``part1/*``, ``part2/*``, ``validation/*``, ...).
+        best: validation metrics and epoch of the kept model (``models/model.pt``).
+        model_path, checkpoint_path: the files written.
+        wall_time: seconds spent in this process.
+    """
+
+    policy: LearnedPolicy
+    history: list[dict[str, float]]
+    best: dict[str, float]
+    model_path: Path
+    checkpoint_path: Path
+    wall_time: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def train(
+    params: Params,
+    models_dir: Path,
+    *,
+    resume: bool = False,
+    epoch_logger: EpochLogger | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainingResult:
+    """Train the learned time-step policy with the two-phase, energy-gated routine.
+
+    Every random draw comes from one generator seeded with ``params.seed`` (and the network's
+    initial weights from ``torch.manual_seed(params.seed)``), so two runs with the same params
+    produce identical weights and metrics on CPU; ``resume`` continues from
+    ``models_dir/checkpoint.pt`` and reaches the same final weights as an uninterrupted run.
+
+    Args:
+        params: all settings.
+        models_dir: where ``model.pt`` (best by validation) and ``checkpoint.pt`` (full training
+            state, written every ``training.checkpoint_every`` epochs and at the end) go.
+        resume: continue from ``checkpoint.pt`` if it exists.
+        epoch_logger: receives each epoch's metrics.
+        on_epoch: progress callback ``on_epoch(epoch, metrics)``.
+    """
+    started = time.perf_counter()
+    models_dir = Path(models_dir)
+    model_path, checkpoint_path = models_dir / MODEL_FILE, models_dir / CHECKPOINT_FILE
+    torch.manual_seed(params.seed)
+    generator = torch.Generator().manual_seed(params.seed)
+    network = build_network(params)
+    policy = LearnedPolicy(network, params)
+    sampler = SystemSampler(params, generator)
+    network.set_normalization(_normalization_features(params, sampler))
+    optimizer = torch.optim.Adam(network.parameters(), lr=params.training.learning_rate)
+    collector = Collector(params, sampler)
+    buffer = ReplayBuffer(params.training.replay_capacity, params.physics.softening)
+    history: list[dict[str, float]] = []
+    best: dict[str, float] = {}
+    start_epoch = 0
+    if resume and checkpoint_path.exists():
+        saved = read_checkpoint(checkpoint_path)
+        if _resumable_contract(saved.get("contract", {})) != _resumable_contract(params.to_contract()):
+            raise ValueError(
+                f"cannot resume from {checkpoint_path}: it was written with other params (only epochs may change); "
+                f"delete it or restore the params it was trained with"
+            )
+        network.load_state_dict(saved["model_state"])
+        optimizer.load_state_dict(saved["optimizer_state"])
+        generator.set_state(saved["rng_state"])
+        buffer.load_state_dict(saved["buffer"])
+        collector.load_state_dict(saved["collector"])
+        history, best, start_epoch = list(saved["history"]), dict(saved["best"]), int(saved["epoch"])
+        logger.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
+    for epoch in range(start_epoch + 1, params.epochs + 1):
+        epoch_started = time.perf_counter()
+        network.train()
+        part1 = collector.collect(policy, optimizer, buffer).values
+        part2 = replay(policy, optimizer, buffer, params, generator)
+        network.eval()
+        validation = validate(policy, params)
+        metrics = {
+            **{f"part1/{k}": v for k, v in part1.items()},
+            **{f"part2/{k}": v for k, v in part2.items()},
+            **{f"validation/{k}": v for k, v in validation.items()},
+            "loss": part2["loss_mean"],
+            "buffer_size": float(len(buffer)),
+            "epoch_time_s": time.perf_counter() - epoch_started,
+        }
+        history.append(metrics)
+        if not best or score(validation) > score(_unprefixed(best)):
+            best = {"epoch": float(epoch), **{f"validation/{k}": v for k, v in validation.items()}}
+            save_checkpoint(model_path, model_payload(network, params, epoch, validation))
+        if epoch % params.training.checkpoint_every == 0 or epoch == params.epochs:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    **model_payload(network, params, epoch, validation),
+                    "optimizer_state": optimizer.state_dict(),
+                    "rng_state": generator.get_state(),
+                    "buffer": buffer.state_dict(),
+                    "collector": collector.state_dict(),
+                    "history": history,
+                    "best": best,
+                },
+            )
+        if epoch_logger is not None:
+            epoch_logger.log_epoch(metrics, epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    wall_time = time.perf_counter() - started
+    return TrainingResult(
+        policy=policy,
+        history=history,
+        best=best,
+        model_path=model_path,
+        checkpoint_path=checkpoint_path,
+        wall_time=wall_time,
+        summary=_summary(history, best, wall_time),
+    )
+
+
+def _normalization_features(params: Params, sampler: SystemSampler) -> torch.Tensor:
+    """Features of freshly drawn systems after ``history_len + 4`` small steps (full windows)."""
+    state, _ = sampler.draw(_NORMALIZATION_SAMPLES)
+    history = History.empty(state, params.features.history_len)
+    for _ in range(params.features.history_len + 4):
+        history = history.push(state)
+        state = leapfrog_step(state, params.model.initial_dt_fraction * state.free_fall_time())
+    return compute_features(state, history, params.features.family)
+
+
+def _resumable_contract(contract: dict[str, Any]) -> dict[str, Any]:
+    """The contract without ``epochs``: a run may be resumed to train longer."""
+    return {k: v for k, v in contract.items() if k != "epochs"}
+
+
+def _unprefixed(metrics: dict[str, float]) -> dict[str, float]:
+    return {k.removeprefix("validation/"): v for k, v in metrics.items()}
+
+
+def _summary(history: list[dict[str, float]], best: dict[str, float], wall_time: float) -> dict[str, Any]:
+    """End-of-run summary: epochs, time, Part 2 convergence rate, final pass rate, mean dt."""
+    if not history:
+        return {"epochs": 0, "wall_time_s": wall_time}
+    last = history[-1]
+    return {
+        "epochs": len(history),
+        "wall_time_s": wall_time,
+        "part2_convergence_rate": sum(h["part2/converged"] for h in history) / len(history),
+        "final_part2_pass_rate": last["part2/pass_rate"],
+        "final_dt_over_tff_mean": last["part1/dt_over_tff_mean"],
+        "kept_epoch": int(best["epoch"]),
+        "kept_validation_pass_rate": best["validation/pass_rate"],
+        "kept_validation_steps_per_orbit": best["validation/steps_per_orbit"],
+    }

@@ -1,0 +1,57 @@
+"""Validation orbits: choose which snapshot of the oscillating training to keep."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from aitimestepper.config import Params
+from aitimestepper.physics.initial_conditions import KeplerElements, kepler_binary
+from aitimestepper.policies import TimeStepPolicy
+from aitimestepper.rollout import rollout
+
+VALIDATION_ECCENTRICITIES = (0.5, 0.9, 0.99)
+#: pass rates at or above this count as equal, so fewer steps decide between them
+PASS_RATE_TARGET = 0.999
+#: a policy needing more steps than this per period is not worth finishing the orbit for
+_MAX_STEPS_PER_PERIOD = 5000
+
+
+def validation_binaries(params: Params) -> KeplerElements:
+    """Equal-mass a = 1 binaries, e in {0.5, 0.9, 0.99}, started at apocenter and pericenter."""
+    e = torch.tensor(VALIDATION_ECCENTRICITIES * 2, dtype=torch.float64)
+    phase = torch.tensor([math.pi] * 3 + [0.0] * 3, dtype=torch.float64)
+    ones = torch.ones_like(e)
+    return KeplerElements(e, ones, ones * params.initial_conditions.total_mass, ones, phase)
+
+
+def validate(policy: TimeStepPolicy, params: Params) -> dict[str, float]:
+    """Ungated rollout of the validation binaries for ``training.validation_periods`` periods.
+
+    Returns:
+        ``pass_rate`` (fraction of steps under the threshold), ``steps_per_orbit`` (mean),
+        ``max_energy_error``.
+    """
+    elements = validation_binaries(params)
+    periods = params.training.validation_periods
+    result = rollout(
+        kepler_binary(elements, dim=params.physics.dim, softening=params.physics.softening),
+        policy,
+        periods * elements.period,
+        energy_threshold=params.energy_threshold,
+        max_steps=int(_MAX_STEPS_PER_PERIOD * periods),
+    )
+    steps = result.steps.double()
+    return {
+        "pass_rate": float(result.steps_passed.sum() / steps.sum().clamp_min(1)),
+        "steps_per_orbit": float(steps.mean() / periods),
+        "max_energy_error": float(result.max_energy_error.max()),
+        "reached_end": float(result.reached_end.double().mean()),
+    }
+
+
+def score(metrics: dict[str, float]) -> tuple[float, float]:
+    """Sort key, larger is better: pass rate (capped at the target), then fewer steps."""
+    reached = metrics["reached_end"] == 1.0
+    return (min(metrics["pass_rate"], PASS_RATE_TARGET) if reached else -1.0, -metrics["steps_per_orbit"])

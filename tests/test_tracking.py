@@ -1,0 +1,64 @@
+"""MLflow tracking against a real SQLite store in a temporary directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from aitimestepper.training.run import run_training
+from training_params import tiny_params
+
+EPOCH_KEYS = [
+    "part1/acceptance_rate",
+    "part1/retrain_iterations_mean",
+    "part1/retrain_iterations_max",
+    "part1/energy_error_mean",
+    "part1/energy_error_max",
+    "part1/dt_over_tff_mean",
+    "part1/dt_over_tff_min",
+    "part1/dt_over_tff_max",
+    "part1/warmup_discarded",
+    "part2/converged",
+    "part2/iterations",
+    "part2/pass_rate",
+    "part2/energy_error_mean",
+    "part2/energy_error_max",
+    "validation/pass_rate",
+    "validation/steps_per_orbit",
+    "loss",
+    "epoch_time_s",
+    "buffer_size",
+]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-test")
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def test_training_run_lands_in_the_store_with_per_epoch_metrics(tmp_path, store):
+    params = tiny_params(epochs=3)
+    summary = run_training(params, tmp_path / "models")
+    record = json.loads((tmp_path / "models" / "train_run.json").read_text())
+    assert record["tracking_uri"] == store and record["summary"] == summary
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["energy_threshold"] == "0.0002"
+    assert run.data.params["training.steps_per_epoch"] == "4"
+    assert run.data.tags["dvc_exp_name"] == "exp-test"
+    for key in EPOCH_KEYS:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2, 3], key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"contract.json", "checkpoint", "plots"} <= artifacts
+    logged = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [m.source_run_id for m in logged] == [run.info.run_id]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
+    assert (tmp_path / "models" / "training_curves.png").stat().st_size > 10_000
