@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -45,10 +46,8 @@ def test_resume_after_kill_9_reaches_the_same_weights(tmp_path):
     process = subprocess.Popen(command(params_path, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     epoch_at_kill, deadline = 0, time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        try:
+        with contextlib.suppress(CheckpointError):
             epoch_at_kill = read_checkpoint(killed / "checkpoint.pt")["epoch"]
-        except CheckpointError:
-            pass
         if epoch_at_kill >= 2:
             process.send_signal(signal.SIGKILL)
             break
