@@ -86,46 +86,160 @@ def train_command(params_path: Path, models_dir: Path, metrics_path: Path, resum
 @main.command("simulate")
 @PARAMS_OPTION
 @click.option(
-    "--policy",
-    type=click.Choice(["learned", "fixed", "free_fall", "oracle"]),
-    default=None,
-    help="Overrides simulation.policy.",
-)
-@click.option(
     "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    default=Path("models/model.pt"),
-    show_default=True,
-    help="Checkpoint of the learned policy.",
+    "source",
+    default=None,
+    help="Policy: a checkpoint path, an MLflow URI (models:/NAME@ALIAS, runs:/ID/model) or fixed|free_fall|oracle. "
+    "Default: simulation.policy (learned: models/model.pt).",
 )
+@click.option("--ics", type=click.Path(path_type=Path), default=None, help="Initial conditions (JSON/NPZ, see README).")
 @click.option(
-    "--output",
-    type=click.Path(path_type=Path),
-    default=Path("metrics/simulate.json"),
-    show_default=True,
-    help="Metrics JSON to write (atomically).",
+    "--periods", type=float, default=None, help="Duration in orbital periods [default: simulation.duration_periods]."
 )
-def simulate_command(params_path: Path, policy: str | None, model_path: Path, output: Path) -> None:
-    """Integrate the simulation suite of binaries with a policy and write metrics."""
-    from aitimestepper.checkpoint import CheckpointError
+@click.option("--duration", type=float, default=None, help="Duration in time units (instead of --periods).")
+@click.option("--gated", is_flag=True, help="Reject steps above the threshold and retry them with half the step.")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("metrics/simulate.json"), show_default=True)
+@click.option(
+    "--trajectory", type=click.Path(path_type=Path), default=Path("results/simulate/trajectory.npz"), show_default=True
+)
+@click.option("--plots-dir", type=click.Path(path_type=Path), default=Path("plots/simulate"), show_default=True)
+def simulate_command(
+    params_path: Path,
+    source: str | None,
+    ics: Path | None,
+    periods: float | None,
+    duration: float | None,
+    gated: bool,
+    output: Path,
+    trajectory: Path,
+    plots_dir: Path,
+) -> None:
+    """Integrate systems with a policy; write metrics JSON, a trajectory NPZ and plots."""
+    from aitimestepper.simulate import simulate_from_params, write_outputs
 
     params = _load(params_path)
-    try:
-        _simulate(params, policy, model_path, output)
-    except CheckpointError as error:
-        raise click.UsageError(str(error)) from None
-
-
-def _simulate(params: Params, policy: str | None, model_path: Path, output: Path) -> None:
-    from aitimestepper.simulate import write_simulation
-
-    with tqdm(
-        desc=f"simulate ({policy or params.simulation.policy})", unit="step", file=sys.stderr, disable=None
-    ) as bar:
-        metrics = write_simulation(params, policy, output, model_path=model_path, progress=bar.update)
+    if periods is not None and duration is not None:
+        raise click.UsageError("give --periods or --duration, not both")
+    for name, value in (("--periods", periods), ("--duration", duration)):
+        if value is not None and not value > 0:
+            raise click.UsageError(f"{name} must be > 0, got {value}")
+    if source is None:
+        source = "models/model.pt" if params.simulation.policy == "learned" else params.simulation.policy
+    with tqdm(desc=f"simulate ({source})", unit="step", file=sys.stderr, disable=None) as bar:
+        try:
+            metrics, result = simulate_from_params(
+                params, source, ics=ics, periods=periods, duration=duration, gated=gated, progress=bar.update
+            )
+        except ValueError as error:
+            raise click.UsageError(str(error)) from None
+    write_outputs(metrics, result, output, trajectory, plots_dir)
     summary = metrics["summary"]
     click.echo(
         f"{summary['systems']} systems, {summary['mean_steps_per_orbit']:.1f} steps/orbit, "
-        f"gate pass rate {summary['gate_pass_rate']:.4f}, max |dE/E| {summary['max_energy_error']:.2e} -> {output}"
+        f"{summary['mean_force_evaluations_per_orbit']:.1f} force evaluations/orbit, gate pass rate "
+        f"{summary['gate_pass_rate']:.4f}, max |dE/E| {summary['max_energy_error']:.2e} -> {output}"
     )
+
+
+@main.command("register")
+@PARAMS_OPTION
+@click.option("--train-run", type=click.Path(path_type=Path), default=Path("models/train_run.json"), show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), default=Path("models/registered.json"), show_default=True)
+def register_command(params_path: Path, train_run: Path, output: Path) -> None:
+    """Register the trained model in the MLflow registry with the alias 'candidate'."""
+    from aitimestepper.registry import RegistryError, register_trained
+
+    params = _load(params_path)
+    if not train_run.is_file():
+        raise click.UsageError(f"{train_run} does not exist: run `aits train` first")
+    try:
+        registered = register_trained(train_run, params.tracking.registered_model_name, output)
+    except RegistryError as error:
+        raise click.UsageError(str(error)) from None
+    click.echo(f"registered {registered['uri']} as {registered['alias_uri']} -> {output}")
+
+
+@main.command("evaluate")
+@PARAMS_OPTION
+@click.option(
+    "--model",
+    "source",
+    default=None,
+    help="Checkpoint path or MLflow URI [default: the version in models/registered.json].",
+)
+@click.option(
+    "--registered", type=click.Path(path_type=Path), default=Path("models/registered.json"), show_default=True
+)
+@click.option("--output", type=click.Path(path_type=Path), default=Path("metrics/evaluate.json"), show_default=True)
+@click.option("--plots-dir", type=click.Path(path_type=Path), default=Path("plots/evaluate"), show_default=True)
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow nor tag the model version.")
+def evaluate_command(
+    params_path: Path, source: str | None, registered: Path, output: Path, plots_dir: Path, no_tracking: bool
+) -> None:
+    """Compare the learned policy with free-fall and the oracle on held-out binaries."""
+    from aitimestepper.evaluate import evaluate, headline, write_report
+
+    params = _load(params_path)
+    record = json.loads(registered.read_text()) if registered.is_file() else None
+    if source is None:
+        if record is None:
+            raise click.UsageError(f"{registered} does not exist: give --model or run `aits register` first")
+        source = record["uri"]
+    with tqdm(total=4, desc="evaluate", unit="policy", file=sys.stderr, disable=None) as bar:
+        try:
+            report = evaluate(params, source, progress=lambda name: (bar.set_postfix(done=name), bar.update(1)))
+        except ValueError as error:
+            raise click.UsageError(str(error)) from None
+    write_report(report, output, plots_dir)
+    numbers = headline(report)
+    if not no_tracking:
+        _track_evaluation(params, report, numbers, plots_dir, record if record and record["uri"] == source else None)
+    click.echo(
+        f"learned: pass rate {numbers['pass_rate']:.4f}, {numbers['force_evaluations_per_orbit']:.1f} force "
+        f"evaluations/orbit, median ratio to oracle {numbers['median_ratio_to_oracle']:.3f} "
+        f"(free-fall eta {report['free_fall_eta']:.4f}: "
+        f"{report['summary']['free_fall']['median_ratio_to_oracle']:.3f}) -> {output}"
+    )
+
+
+def _track_evaluation(params: Params, report: dict, numbers: dict, plots_dir: Path, record: dict | None) -> None:
+    import mlflow
+
+    from aitimestepper import tracking
+    from aitimestepper.registry import record_evaluation
+
+    metrics = {
+        f"{policy}/{key}": float(value) for policy, values in report["summary"].items() for key, value in values.items()
+    }
+    with tracking.tracked_run(
+        params.tracking.experiment_name,
+        "evaluate",
+        params.to_contract(),
+        tags={"stage": "evaluate", "model": report["source"]},
+    ):
+        mlflow.log_metrics({**metrics, "free_fall_eta": report["free_fall_eta"]})
+        mlflow.log_dict(report, "evaluate.json")
+        if (plots_dir / "cost_vs_error.png").is_file():
+            mlflow.log_artifact(str(plots_dir / "cost_vs_error.png"), artifact_path="plots")
+    if record is not None:
+        record_evaluation(record["name"], record["version"], numbers)
+
+
+@main.command("promote")
+@PARAMS_OPTION
+@click.option("--version", type=int, default=None, help="Model version [default: the 'candidate' alias].")
+@click.option("--force", is_flag=True, help="Promote even if the evaluation is worse than the champion's.")
+@click.option("--output", type=click.Path(path_type=Path), default=Path("models/promotion.json"), show_default=True)
+def promote_command(params_path: Path, version: int | None, force: bool, output: Path) -> None:
+    """Move the 'champion' alias to a version whose evaluation is not worse than the champion's."""
+    from aitimestepper.atomic import write_json
+    from aitimestepper.registry import RegistryError, promote
+
+    params = _load(params_path)
+    try:
+        decision = promote(params.tracking.registered_model_name, version, force=force)
+    except RegistryError as error:
+        raise click.UsageError(str(error)) from None
+    write_json(output, decision)
+    verb = "promoted" if decision["promoted"] else "kept the champion; did not promote"
+    click.echo(f"{verb} version {decision['version']} ({decision['reason']}) -> {output}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -58,7 +59,9 @@ def log_simulation_model(checkpoint: Path, name: str = "model", registered_model
 
 def _signature(example: pd.DataFrame, output: pd.DataFrame) -> ModelSignature:
     """The inferred signature, with the optional request columns marked optional."""
-    inferred = infer_signature(example, output)
+    with warnings.catch_warnings():  # "integer columns cannot represent missing values": max_steps is optional
+        warnings.simplefilter("ignore", UserWarning)
+        inferred = infer_signature(example, output)
     inputs = [
         ColSpec(spec.type, spec.name, required=spec.name not in OPTIONAL_INPUTS) for spec in inferred.inputs.inputs
     ]

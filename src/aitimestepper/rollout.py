@@ -17,13 +17,30 @@ _END_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
+class Trajectory:
+    """Per-step records of a rollout, T = steps of the longest-running system + 1 (the start).
+
+    Systems that have finished repeat their last values. Attributes: ``time`` (T, B),
+    ``dt`` (T, B) (0 at the start and once finished), ``energy_error`` (T, B) = |E - E0| / |E0|,
+    ``positions`` (T, B, N, D).
+    """
+
+    time: Tensor
+    dt: Tensor
+    energy_error: Tensor
+    positions: Tensor
+
+
+@dataclass(frozen=True)
 class Rollout:
     """What happened to B systems integrated side by side. Every tensor is (B,).
 
     Attributes:
         final_state: states at the end (or at the last finite state of a failed system).
-        steps: steps taken (each one force evaluation).
-        steps_passed: steps whose single-step relative energy error was <= the threshold.
+        steps: accepted steps taken.
+        force_evaluations: force evaluations spent: one per accepted step plus one per
+            rejected try in gated mode.
+        steps_passed: accepted steps whose single-step relative energy error was <= the threshold.
         max_energy_error: max over the run of |E(t) - E0| / |E0|.
         final_energy_error: |E(t_end) - E0| / |E0|.
         max_step_error: largest single-step relative energy error.
@@ -32,10 +49,12 @@ class Rollout:
         failed: True where a step produced NaN/inf (close encounter); the system stopped there.
         momentum_drift: |P(t_end) - P0| (momentum units).
         angular_momentum_drift: |L(t_end) - L0|.
+        trajectory: per-step records when asked for, else None.
     """
 
     final_state: State
     steps: Tensor
+    force_evaluations: Tensor
     steps_passed: Tensor
     max_energy_error: Tensor
     final_energy_error: Tensor
@@ -47,6 +66,13 @@ class Rollout:
     failed: Tensor
     momentum_drift: Tensor
     angular_momentum_drift: Tensor
+    trajectory: Trajectory | None = None
+
+
+#: gated mode: factor applied to a rejected step before it is tried again
+GATE_SHRINK = 0.5
+#: gated mode: tries after which a failing step is taken anyway (2**-40 of the proposal)
+GATE_MAX_REJECTIONS = 40
 
 
 def rollout(
@@ -57,6 +83,8 @@ def rollout(
     energy_threshold: float,
     max_steps: int,
     step_caps: Tensor | None = None,
+    gated: bool = False,
+    record: bool = False,
     progress=None,
 ) -> Rollout:
     """Integrate every system with ``policy`` until its time reaches ``end_time``.
@@ -69,9 +97,13 @@ def rollout(
         state: B systems at their start.
         policy: proposes one dt per system per step.
         end_time: (B,) end time of each system (time units).
-        energy_threshold: the per-step gate used to count passing steps.
+        energy_threshold: the per-step gate.
         max_steps: hard cap on steps per system.
         step_caps: optional (B,) per-system caps (each <= ``max_steps``).
+        gated: reject a step whose relative energy error exceeds the threshold (or that is not
+            finite) and retry it with ``GATE_SHRINK`` times the step, counting every try as a
+            force evaluation; the energy bound then holds at a counted cost.
+        record: keep a :class:`Trajectory`.
         progress: optional callable ``progress(steps_done)`` called once per step.
     """
     zeros = torch.zeros(state.batch_size, dtype=state.positions.dtype)
@@ -79,11 +111,13 @@ def rollout(
     initial_momentum, initial_angular = state.momentum(), state.angular_momentum()
     history = History.empty(state, policy.history_len)
     steps = torch.zeros(state.batch_size, dtype=torch.int64)
+    force_evaluations = torch.zeros_like(steps)
     passed = torch.zeros_like(steps)
     failed = torch.zeros(state.batch_size, dtype=torch.bool)
     max_error, max_step_error = zeros.clone(), zeros.clone()
     dt_min, dt_max, dt_sum = torch.full_like(zeros, float("inf")), zeros.clone(), zeros.clone()
     energy = initial_energy
+    records = _Recorder(state) if record else None
     with torch.no_grad():
         for _ in range(max_steps):
             active = (end_time - state.time > _END_TOLERANCE * end_time.abs()) & ~failed
@@ -93,12 +127,16 @@ def rollout(
                 break
             proposed = policy.propose(state, history)
             dt = torch.where(active, torch.minimum(proposed, end_time - state.time), zeros)
-            candidate = leapfrog_step(state, dt)
-            new_energy = candidate.energy()
+            candidate, new_energy, step_error = _try_step(state, dt, energy)
+            force_evaluations += active
+            if gated:
+                candidate, new_energy, step_error, dt, retries = _gate(
+                    state, energy, candidate, new_energy, step_error, dt, active, energy_threshold
+                )
+                force_evaluations += retries
             broke = active & ~(candidate.finite_mask() & new_energy.isfinite())
             moved = active & ~broke
             failed |= broke
-            step_error = relative_energy_error(energy, new_energy)
             history = history.push_where(moved, state)
             state = candidate.where(moved, state)
             energy = torch.where(moved, new_energy, energy)
@@ -106,14 +144,18 @@ def rollout(
             passed += moved & (step_error <= energy_threshold)
             max_step_error = torch.where(moved, torch.maximum(max_step_error, step_error), max_step_error)
             max_error = torch.maximum(max_error, relative_energy_error(initial_energy, energy))
+            taken = torch.where(moved, dt, zeros)
             dt_min = torch.where(moved, torch.minimum(dt_min, dt), dt_min)
             dt_max = torch.where(moved, torch.maximum(dt_max, dt), dt_max)
-            dt_sum = dt_sum + torch.where(moved, dt, zeros)
+            dt_sum = dt_sum + taken
+            if records is not None:
+                records.add(state, taken, relative_energy_error(initial_energy, energy))
             if progress is not None:
                 progress(1)
     return Rollout(
         final_state=state,
         steps=steps,
+        force_evaluations=force_evaluations,
         steps_passed=passed,
         max_energy_error=max_error,
         final_energy_error=relative_energy_error(initial_energy, energy),
@@ -125,4 +167,52 @@ def rollout(
         failed=failed,
         momentum_drift=(state.momentum() - initial_momentum).norm(dim=-1),
         angular_momentum_drift=(state.angular_momentum() - initial_angular).reshape(state.batch_size, -1).norm(dim=-1),
+        trajectory=records.result() if records is not None else None,
     )
+
+
+def _try_step(state: State, dt: Tensor, energy: Tensor) -> tuple[State, Tensor, Tensor]:
+    """One step of every system: (candidate state, its energy, single-step relative error)."""
+    candidate = leapfrog_step(state, dt)
+    new_energy = candidate.energy()
+    return candidate, new_energy, relative_energy_error(energy, new_energy)
+
+
+def _gate(state, energy, candidate, new_energy, step_error, dt, active, energy_threshold):
+    """Retry the failing systems with shrinking steps (only those systems are recomputed)."""
+    retries = torch.zeros_like(dt, dtype=torch.int64)
+    for _ in range(GATE_MAX_REJECTIONS):
+        rejected = active & ~((step_error <= energy_threshold) & candidate.finite_mask())
+        if not bool(rejected.any()):
+            break
+        rows = rejected.nonzero().squeeze(1)
+        dt = dt.index_copy(0, rows, dt[rows] * GATE_SHRINK)
+        retry, retry_energy, retry_error = _try_step(state.select(rows), dt[rows], energy[rows])
+        candidate = candidate.replace_rows(rows, retry)
+        new_energy = new_energy.index_copy(0, rows, retry_energy)
+        step_error = step_error.index_copy(0, rows, retry_error)
+        retries += rejected
+    return candidate, new_energy, step_error, dt, retries
+
+
+class _Recorder:
+    """Collects per-step values and stacks them into a :class:`Trajectory`."""
+
+    def __init__(self, state: State) -> None:
+        zeros = torch.zeros(state.batch_size, dtype=state.positions.dtype)
+        self.time, self.dt, self.error = [state.time.clone()], [zeros], [zeros]
+        self.positions = [state.positions.clone()]
+
+    def add(self, state: State, dt: Tensor, error: Tensor) -> None:
+        self.time.append(state.time.clone())
+        self.dt.append(dt)
+        self.error.append(error)
+        self.positions.append(state.positions.clone())
+
+    def result(self) -> Trajectory:
+        return Trajectory(
+            time=torch.stack(self.time),
+            dt=torch.stack(self.dt),
+            energy_error=torch.stack(self.error),
+            positions=torch.stack(self.positions),
+        )

@@ -73,18 +73,35 @@ def run_training(
             on_epoch=on_epoch,
         )
         bar.close()
-        _write_outputs(result, models_dir, metrics_path, run_id=run.info.run_id, uri=mlflow_tracking.tracking_uri())
         mlflow.log_metrics({f"summary/{k}": float(v) for k, v in result.summary.items()})
         mlflow.log_dict(params.to_contract(), "contract.json")
         mlflow.log_artifact(str(result.model_path), artifact_path="checkpoint")
+        model_info = log_simulation_model(result.model_path)
+        _write_outputs(
+            result,
+            models_dir,
+            metrics_path,
+            run_id=run.info.run_id,
+            uri=mlflow_tracking.tracking_uri(),
+            model_uri=model_info.model_uri,
+        )
         mlflow.log_artifact(str(models_dir / CURVES_FILE), artifact_path="plots")
-        log_simulation_model(result.model_path)
     logger.info("training summary: %s", json.dumps(result.summary))
     return result.summary
 
 
-def _write_outputs(result, models_dir: Path, metrics_path: Path | None, run_id: str | None, uri: str | None) -> None:
+def _write_outputs(
+    result,
+    models_dir: Path,
+    metrics_path: Path | None,
+    run_id: str | None,
+    uri: str | None,
+    model_uri: str | None = None,
+) -> None:
     training_curves(result.history, models_dir / CURVES_FILE, kept_epoch=int(result.best.get("epoch", 0)) or None)
-    write_json(models_dir / RUN_FILE, {"run_id": run_id, "tracking_uri": uri, "summary": result.summary})
+    write_json(
+        models_dir / RUN_FILE,
+        {"run_id": run_id, "tracking_uri": uri, "model_uri": model_uri, "summary": result.summary},
+    )
     if metrics_path is not None:
         write_json(metrics_path, {**result.summary, "kept": result.best})

@@ -1,0 +1,117 @@
+"""The MLflow model registry: register trained models, record evaluations, promote a champion.
+
+New versions get the alias ``candidate``. ``promote`` moves ``champion`` to a version only if
+that version's evaluation is not worse than the current champion's: a pass rate at least as
+high (rates at or above :data:`PASS_RATE_TARGET` count as equal) and no more force evaluations
+per orbit. Evaluations are stored as version tags (``evaluation.*``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from aitimestepper import tracking
+from aitimestepper.atomic import write_json
+
+CANDIDATE, CHAMPION = "candidate", "champion"
+PASS_RATE_TARGET = 0.999
+EVALUATION_TAGS = ("pass_rate", "force_evaluations_per_orbit")
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be carried out; the message says why."""
+
+
+def register_trained(train_run: Path, name: str, output: Path) -> dict[str, Any]:
+    """Register the model logged by a training run (``models/train_run.json``) under ``name``,
+    give it the ``candidate`` alias, and write ``output`` (name, version, URIs)."""
+    record = json.loads(Path(train_run).read_text())
+    if not record.get("model_uri"):
+        raise RegistryError(f"{train_run} names no logged model: train with tracking enabled first")
+    tracking.configure()
+    try:
+        version = mlflow.register_model(record["model_uri"], name)
+    except MlflowException as error:
+        raise RegistryError(f"cannot register {record['model_uri']} in {tracking.tracking_uri()}: {error}") from None
+    client = MlflowClient()
+    client.set_registered_model_alias(name, CANDIDATE, version.version)
+    registered = {
+        "name": name,
+        "version": int(version.version),
+        "uri": f"models:/{name}/{version.version}",
+        "alias": CANDIDATE,
+        "alias_uri": f"models:/{name}@{CANDIDATE}",
+        "run_id": record.get("run_id"),
+    }
+    write_json(output, registered)
+    return registered
+
+
+def record_evaluation(name: str, version: int, metrics: dict[str, float]) -> None:
+    """Store evaluation metrics on a model version as ``evaluation.<key>`` tags."""
+    tracking.configure()
+    client = MlflowClient()
+    for key in EVALUATION_TAGS:
+        client.set_model_version_tag(name, str(version), f"evaluation.{key}", repr(float(metrics[key])))
+
+
+def promote(name: str, version: int | None = None, *, force: bool = False) -> dict[str, Any]:
+    """Move ``champion`` to ``version`` (default: the ``candidate``) unless it is worse.
+
+    Returns:
+        The decision: promoted (bool), version, previous champion, reason.
+
+    Raises:
+        RegistryError: unknown model or version, or a version that has not been evaluated.
+    """
+    tracking.configure()
+    client = MlflowClient()
+    try:
+        chosen = (
+            client.get_model_version(name, str(version))
+            if version is not None
+            else client.get_model_version_by_alias(name, CANDIDATE)
+        )
+    except MlflowException as error:
+        raise RegistryError(f"no such model version of {name!r} in {tracking.tracking_uri()}: {error}") from None
+    candidate = _evaluation(chosen)
+    try:
+        champion_version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion_version = None
+    decision = {"name": name, "version": int(chosen.version), "candidate": candidate}
+    if champion_version is None:
+        promoted, reason = True, "no champion yet"
+    elif champion_version.version == chosen.version:
+        promoted, reason = True, "already champion"
+    else:
+        champion = _evaluation(champion_version)
+        decision["champion"] = {"version": int(champion_version.version), **champion}
+        not_worse = _pass_score(candidate) >= _pass_score(champion) and (
+            candidate["force_evaluations_per_orbit"] <= champion["force_evaluations_per_orbit"]
+        )
+        promoted = not_worse or force
+        reason = "not worse than the champion" if not_worse else ("forced" if force else "worse than the champion")
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, chosen.version)
+    return {**decision, "promoted": promoted, "reason": reason}
+
+
+def _evaluation(version) -> dict[str, float]:
+    tags = version.tags or {}
+    missing = [key for key in EVALUATION_TAGS if f"evaluation.{key}" not in tags]
+    if missing:
+        raise RegistryError(
+            f"version {version.version} of {version.name!r} has no evaluation ({missing}); run evaluate first"
+        )
+    return {key: float(tags[f"evaluation.{key}"]) for key in EVALUATION_TAGS}
+
+
+def _pass_score(evaluation: dict[str, float]) -> float:
+    return min(evaluation["pass_rate"], PASS_RATE_TARGET)

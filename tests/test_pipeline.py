@@ -1,0 +1,73 @@
+"""`dvc repro` of the real pipeline in a temporary copy of the repository, with tiny params."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from training_params import REPO, tiny_params
+
+
+def run(command: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_the_whole_pipeline_and_is_then_up_to_date(tmp_path):
+    copy = tmp_path / "repo"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    params = tiny_params(epochs=2).model_dump(mode="json")
+    params["simulation"].update(num_systems=3, duration_periods=1.0)
+    params["evaluation"]["duration_periods"] = 0.5
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
+        run(command, copy, env)
+    run(["dvc", "repro"], copy, env)
+
+    for output in (
+        "models/model.pt",
+        "models/registered.json",
+        "metrics/train.json",
+        "metrics/simulate.json",
+        "metrics/evaluate.json",
+        "plots/simulate/orbits.png",
+        "plots/evaluate/cost_vs_error.png",
+        "models/training_curves.png",
+        "results/simulate/trajectory.npz",
+        "dvc.lock",
+        "mlflow.db",
+    ):
+        assert (copy / output).exists(), output
+    registered = json.loads((copy / "models/registered.json").read_text())
+    assert registered["version"] == 1 and registered["alias"] == "candidate"
+    promotion = json.loads((copy / "models/promotion.json").read_text())
+    assert promotion["promoted"] and promotion["reason"] == "no champion yet"
+    again = run(["dvc", "repro"], copy, env)
+    assert "Data and pipelines are up to date" in again.stdout
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{copy / 'mlflow.db'}")
+    [experiment] = [e for e in client.search_experiments() if e.name == params["tracking"]["experiment_name"]]
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["evaluate", "train"]
+    assert client.get_model_version_by_alias(params["tracking"]["registered_model_name"], "champion").version == 1

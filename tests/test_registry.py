@@ -1,0 +1,97 @@
+"""Registry round trips and promotion against a real SQLite MLflow store in a temp dir."""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from aitimestepper.checkpoint import load_policy
+from aitimestepper.pyfunc import log_simulation_model
+from aitimestepper.registry import RegistryError, promote, record_evaluation
+from aitimestepper.serving import example_request, parse_requests, simulate_requests
+from aitimestepper.simulate import load_any_policy, simulate_from_params
+from training_params import tiny_params
+
+NAME = "aits-test"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def register(checkpoint) -> str:
+    with mlflow.start_run():
+        info = log_simulation_model(checkpoint, registered_model_name=NAME)
+    return str(info.registered_model_version)
+
+
+def requests_frame() -> pd.DataFrame:
+    example = example_request()
+    second = example.iloc[0].to_dict()
+    second.update(
+        masses=[1.0, 0.2, 0.3],
+        positions=[[0.0, 0.0], [1.0, 0.0], [-1.5, 0.2]],
+        velocities=[[0.0, 0.0], [0.0, 1.0], [0.1, -0.7]],
+        duration=1.0,
+    )
+    return pd.concat([example, pd.DataFrame([second])], ignore_index=True)
+
+
+def test_pyfunc_round_trip_through_the_registry_by_alias(store, tiny_checkpoint):
+    version = register(tiny_checkpoint)
+    MlflowClient().set_registered_model_alias(NAME, "candidate", version)
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@candidate")
+    frame = requests_frame()
+    answer = served.predict(frame)
+    policy = load_policy(tiny_checkpoint)
+    expected = simulate_requests(policy, parse_requests(frame), policy.params.energy_threshold)
+    pd.testing.assert_frame_equal(answer, expected, check_exact=True)
+    assert answer["reached_end"].all() and (answer["steps"] > 0).all()
+
+
+def test_pyfunc_refuses_malformed_requests(store, tiny_checkpoint):
+    version = register(tiny_checkpoint)
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
+    bad = example_request()
+    bad.at[0, "masses"] = [1.0, -1.0]
+    with pytest.raises(mlflow.exceptions.MlflowException, match="every mass must be finite and > 0"):
+        served.predict(bad)
+
+
+def test_simulate_from_checkpoint_and_from_registry_uri_agree(store, tiny_checkpoint):
+    version = register(tiny_checkpoint)
+    params = tiny_params()
+    by_path, path_run = simulate_from_params(params, tiny_checkpoint, periods=1.0)
+    by_uri, uri_run = simulate_from_params(params, f"models:/{NAME}/{version}", periods=1.0)
+    for mine, theirs in zip(by_path["systems"], by_uri["systems"], strict=True):
+        assert mine == theirs
+    assert (path_run.trajectory.positions == uri_run.trajectory.positions).all()
+    assert isinstance(load_any_policy(f"models:/{NAME}/{version}", params), type(load_policy(tiny_checkpoint)))
+
+
+def test_promotion_is_gated_on_evaluation(store, tiny_checkpoint):
+    first, second, third = (register(tiny_checkpoint) for _ in range(3))
+    client = MlflowClient()
+    with pytest.raises(RegistryError, match="run evaluate first"):
+        promote(NAME, int(first))
+    record_evaluation(NAME, int(first), {"pass_rate": 1.0, "force_evaluations_per_orbit": 300.0})
+    assert promote(NAME, int(first))["reason"] == "no champion yet"
+    # worse: fewer passing steps
+    record_evaluation(NAME, int(second), {"pass_rate": 0.98, "force_evaluations_per_orbit": 200.0})
+    decision = promote(NAME, int(second))
+    assert not decision["promoted"] and decision["reason"] == "worse than the champion"
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == first
+    # not worse: passes as well (both above the target) and is cheaper
+    record_evaluation(NAME, int(third), {"pass_rate": 0.9995, "force_evaluations_per_orbit": 250.0})
+    client.set_registered_model_alias(NAME, "candidate", third)
+    assert promote(NAME)["promoted"]
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == third
+    assert promote(NAME, int(second), force=True)["reason"] == "forced"
