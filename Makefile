@@ -9,7 +9,15 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast lint clean
+.PHONY: help setup repro test test-fast lint ui serve simulate bench clean
+
+# the local MLflow store; an MLFLOW_TRACKING_URI in the environment (a shared server) wins
+STORE := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}
+UI_PORT ?= 5000
+SERVE_PORT ?= 5001
+MODEL ?= models:/aitimestepper@champion
+ICS ?=
+OUT ?= results/adhoc
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +43,20 @@ test-fast: setup ## Run the test suite without tests marked slow
 lint: setup ## Check style with ruff
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+
+ui: setup ## MLflow UI on http://127.0.0.1:5000 (UI_PORT), one worker, no job runner
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri "$(STORE)" \
+		--workers 1 -h 127.0.0.1 -p $(UI_PORT)
+
+serve: setup ## Serve MODEL (default: the champion) at http://127.0.0.1:5001/invocations (SERVE_PORT)
+	MLFLOW_TRACKING_URI="$(STORE)" $(BIN)/mlflow models serve -m $(MODEL) --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+
+simulate: setup ## Simulate with MODEL (ICS=your_systems.json); metrics, trajectory and plots go to OUT=results/adhoc
+	MLFLOW_TRACKING_URI="$(STORE)" $(BIN)/aits simulate --model $(MODEL) $(if $(ICS),--ics $(ICS)) \
+		--output $(OUT)/metrics.json --trajectory $(OUT)/trajectory.npz --plots-dir $(OUT)/plots
+
+bench: setup ## Throughput and memory benchmarks -> metrics/bench.json
+	$(BIN)/python -m aitimestepper.bench --output metrics/bench.json
 
 clean: ## Remove caches and the virtual environment (keeps models/, metrics/, mlflow.db)
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
