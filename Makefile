@@ -56,7 +56,7 @@ simulate: setup ## Simulate with MODEL (ICS=your_systems.json); metrics, traject
 		--output $(OUT)/metrics.json --trajectory $(OUT)/trajectory.npz --plots-dir $(OUT)/plots
 
 bench: setup ## Throughput and memory benchmarks -> metrics/bench.json
-	$(BIN)/python -m aitimestepper.bench --output metrics/bench.json
+	$(BIN)/aits bench --output metrics/bench.json
 
 clean: ## Remove caches and the virtual environment (keeps models/, metrics/, mlflow.db)
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

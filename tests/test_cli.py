@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,12 +37,27 @@ def test_params_command_prints_the_contract(tmp_path):
 
 def test_simulate_writes_metrics(tmp_path):
     small_params(tmp_path)
-    done = aits("simulate", "--policy", "free_fall", "--output", "out/sim.json", cwd=tmp_path)
+    done = aits(
+        "simulate",
+        "--model",
+        "free_fall",
+        "--output",
+        "out/sim.json",
+        "--trajectory",
+        "out/t.npz",
+        "--plots-dir",
+        "out/plots",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     metrics = json.loads((tmp_path / "out/sim.json").read_text())
     assert metrics["policy"] == "free_fall"
     assert metrics["summary"]["all_reached_end"]
     assert [s["eccentricity"] for s in metrics["systems"]] == [0.5, 0.9, 0.99]
+    with np.load(tmp_path / "out/t.npz") as trajectory:
+        assert trajectory["positions"].shape[1:] == (3, 2, 2)
+        assert (np.diff(trajectory["time"], axis=0) >= 0).all()
+    assert {p.name for p in (tmp_path / "out/plots").iterdir()} == {"orbits.png", "energy_error.png", "dt.png"}
 
 
 def test_bad_params_exit_2_name_the_key_and_write_nothing(tmp_path):

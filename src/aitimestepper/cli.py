@@ -185,20 +185,19 @@ def evaluate_command(
         if record is None:
             raise click.UsageError(f"{registered} does not exist: give --model or run `aits register` first")
         source = record["uri"]
-    with tqdm(total=4, desc="evaluate", unit="policy", file=sys.stderr, disable=None) as bar:
+    with tqdm(desc="evaluate", unit="run", file=sys.stderr, disable=None) as bar:
         try:
-            report = evaluate(params, source, progress=lambda name: (bar.set_postfix(done=name), bar.update(1)))
+            report = evaluate(params, source, progress=lambda name: (bar.set_postfix_str(name), bar.update(1)))
         except ValueError as error:
             raise click.UsageError(str(error)) from None
-    write_report(report, output, plots_dir)
+    write_report(report, output, plots_dir, params=params, source=source)
     numbers = headline(report)
     if not no_tracking:
         _track_evaluation(params, report, numbers, plots_dir, record if record and record["uri"] == source else None)
+    click.echo(json.dumps(report["summary"], indent=1))
     click.echo(
         f"learned: pass rate {numbers['pass_rate']:.4f}, {numbers['force_evaluations_per_orbit']:.1f} force "
-        f"evaluations/orbit, median ratio to oracle {numbers['median_ratio_to_oracle']:.3f} "
-        f"(free-fall eta {report['free_fall_eta']:.4f}: "
-        f"{report['summary']['free_fall']['median_ratio_to_oracle']:.3f}) -> {output}"
+        f"evaluations/orbit, median ratio to oracle {numbers['median_ratio_to_oracle']:.3f} -> {output}"
     )
 
 
@@ -209,7 +208,11 @@ def _track_evaluation(params: Params, report: dict, numbers: dict, plots_dir: Pa
     from aitimestepper.registry import record_evaluation
 
     metrics = {
-        f"{policy}/{key}": float(value) for policy, values in report["summary"].items() for key, value in values.items()
+        f"t{threshold}/{family}/{policy}/{key}": float(value)
+        for threshold, per_threshold in report["thresholds"].items()
+        for family, data in per_threshold["families"].items()
+        for policy, values in data["summary"].items()
+        for key, value in values.items()
     }
     with tracking.tracked_run(
         params.tracking.experiment_name,
@@ -217,10 +220,10 @@ def _track_evaluation(params: Params, report: dict, numbers: dict, plots_dir: Pa
         params.to_contract(),
         tags={"stage": "evaluate", "model": report["source"]},
     ):
-        mlflow.log_metrics({**metrics, "free_fall_eta": report["free_fall_eta"]})
+        mlflow.log_metrics(metrics)
         mlflow.log_dict(report, "evaluate.json")
-        if (plots_dir / "cost_vs_error.png").is_file():
-            mlflow.log_artifact(str(plots_dir / "cost_vs_error.png"), artifact_path="plots")
+        for plot in sorted(plots_dir.glob("*.png")):
+            mlflow.log_artifact(str(plot), artifact_path="plots")
     if record is not None:
         record_evaluation(record["name"], record["version"], numbers)
 
@@ -243,3 +246,28 @@ def promote_command(params_path: Path, version: int | None, force: bool, output:
     write_json(output, decision)
     verb = "promoted" if decision["promoted"] else "kept the champion; did not promote"
     click.echo(f"{verb} version {decision['version']} ({decision['reason']}) -> {output}")
+
+
+@main.command("bench")
+@PARAMS_OPTION
+@click.option("--model", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), default=Path("metrics/bench.json"), show_default=True)
+@click.option("--epochs", type=click.IntRange(2, 1000), default=4, show_default=True, help="Epochs timed for training.")
+def bench_command(params_path: Path, model: Path, output: Path, epochs: int) -> None:
+    """Throughput (learned vs fixed dt, batched vs per-sample replay) and memory benchmarks."""
+    from aitimestepper.atomic import write_json
+    from aitimestepper.bench import run_benchmarks
+    from aitimestepper.checkpoint import CheckpointError
+
+    params = _load(params_path)
+    try:
+        report = run_benchmarks(params, params_path, model, epochs=epochs)
+    except CheckpointError as error:
+        raise click.UsageError(f"{error} (train first: make repro)") from None
+    write_json(output, report)
+    click.echo(
+        f"learned-policy overhead at B=1024: {report['learned_overhead_at_b1024']:.2f}x; batched replay speed-up "
+        f"{report['replay']['speedup']:.0f}x; {report['training']['epoch_time_s']:.1f} s/epoch; peak memory "
+        f"training {report['training']['peak_rss_mib']:.0f} MiB, "
+        f"simulation {report['simulation_memory']['peak_rss_mib']:.0f} MiB -> {output}"
+    )

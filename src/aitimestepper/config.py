@@ -191,6 +191,24 @@ class EvaluationParams(Section):
 
     seed: int = Field(10_000, ge=0, description="Seed of the held-out systems (disjoint from training seeds).")
     duration_periods: float = Field(10.0, gt=0.0, le=1e6, description="Simulated time per system in orbital periods.")
+    extra_thresholds: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...] = Field(
+        (1e-4,), max_length=4, description="Thresholds evaluated besides energy_threshold."
+    )
+    three_body_systems: int = Field(10, ge=0, le=1000, description="Softened three-body systems (0: none).")
+    three_body_crossing_times: float = Field(10.0, gt=0.0, le=1e4, description="Duration of the three-body runs.")
+    three_body_softening: float = Field(0.01, ge=0.0, description="Plummer softening of the three-body systems.")
+    controller_target: float = Field(
+        0.5, gt=0.0, le=1.0, description="Energy-feedback controller's target error / threshold."
+    )
+    tuning_systems: int = Field(
+        8, ge=1, le=10_000, description="Training-like systems the classical rules are tuned on."
+    )
+    tuning_periods: float = Field(
+        1.0, gt=0.0, le=1e4, description="Periods (three-body: crossing times) of each tuning run."
+    )
+    fixed_dt_periods: float = Field(
+        1.0, gt=0.0, le=1e6, description="Periods run by the fixed-dt rule (its cost per orbit does not depend on it)."
+    )
 
 
 class TrackingParams(Section):

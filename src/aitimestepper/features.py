@@ -61,25 +61,33 @@ def compute_features(state: State, history: History, family: FeatureFamily) -> T
         (B, feature_dim(family, H)) float64 features, finite for finite states; no gradient
         flows back into the states.
     """
+    return features_and_free_fall_time(state, history, family)[0]
+
+
+def features_and_free_fall_time(state: State, history: History, family: FeatureFamily) -> tuple[Tensor, Tensor]:
+    """:func:`compute_features` and, from the same pairwise pass, the shortest free-fall time
+    of each current state (B,), as :meth:`State.free_fall_time` gives it."""
     if family not in FEATURE_FAMILIES:
         raise ValueError(f"unknown feature family {family!r}; choose one of {FEATURE_FAMILIES}")
     with torch.no_grad():
         snapshots, valid = _stack_snapshots(state.detach(), history)
         batch, slots = valid.shape
-        flat = _snapshot_quantities(
+        flat, free_fall = _snapshot_quantities(
             snapshots[0].flatten(0, 1),
             snapshots[1].flatten(0, 1),
             state.masses.detach().repeat_interleave(slots, dim=0),
             state.softening,
             rich=family == "rich",
-        ).view(batch, slots, -1)
+        )
+        flat = flat.view(batch, slots, -1)
+        current_free_fall = free_fall.view(batch, slots)[:, 0]
         if family == "delta_mag":
             current = flat[:, 0, :2]
             log_scales = flat[:, :, -2:]
             deltas = (log_scales[:, 1:] - log_scales[:, :1]) * valid[:, 1:, None]
-            return torch.cat([current, deltas.flatten(1)], dim=1)
+            return torch.cat([current, deltas.flatten(1)], dim=1), current_free_fall
         per_snapshot = _PER_SNAPSHOT[family]
-        return (flat[:, :, :per_snapshot] * valid[:, :, None]).flatten(1)
+        return (flat[:, :, :per_snapshot] * valid[:, :, None]).flatten(1), current_free_fall
 
 
 def _stack_snapshots(state: State, history: History) -> tuple[tuple[Tensor, Tensor], Tensor]:
@@ -98,24 +106,29 @@ def _stack_snapshots(state: State, history: History) -> tuple[tuple[Tensor, Tens
     return (positions, velocities), valid.to(state.positions.dtype)
 
 
-def _snapshot_quantities(positions: Tensor, velocities: Tensor, masses: Tensor, softening: float, rich: bool) -> Tensor:
-    """Per-snapshot quantities, shape (M, 4) or (M, 8) with ``rich``.
+def _snapshot_quantities(
+    positions: Tensor, velocities: Tensor, masses: Tensor, softening: float, rich: bool
+) -> tuple[Tensor, Tensor]:
+    """Per-snapshot quantities, shape (M, 4) or (M, 8) with ``rich``, and the shortest
+    free-fall time of each snapshot (M,).
 
     Columns: log k and cos phi of the critical pair; with ``rich`` then its eccentricity and
     log mass ratio, log(min / mean free-fall time) and log virial ratio; last, log r and log v of
-    the critical pair (not scale-free: only their differences over time are used).
+    the critical pair (not scale-free: only their differences over time are used). One pairwise
+    pass over positions finds the critical pair; everything else is per pair.
     """
     separations = gravity.pair_separations(positions)
-    relative_velocities = gravity.pair_separations(velocities)
-    free_fall = gravity.free_fall_times(positions, masses, softening)  # (M, N, N), inf on diagonal
+    square = gravity.softened_square_distances(separations, softening)  # (M, N, N), inf on diagonal
+    pair_mass_matrix = masses.unsqueeze(-1) + masses.unsqueeze(-2)
+    free_fall_squared = square.pow(1.5) / (gravity.GRAVITATIONAL_CONSTANT * pair_mass_matrix)
     n_bodies = positions.shape[1]
-    critical = free_fall.flatten(1).argmin(dim=1)
+    shortest_squared, critical = free_fall_squared.flatten(1).min(dim=1)
     i, j = critical // n_bodies, critical % n_bodies
     rows = torch.arange(positions.shape[0], device=positions.device)
-    r_vec = separations[rows, i, j]
-    v_vec = relative_velocities[rows, i, j]
+    r_vec = positions[rows, j] - positions[rows, i]
+    v_vec = velocities[rows, j] - velocities[rows, i]
     pair_mass = masses[rows, i] + masses[rows, j]
-    distance = (r_vec.square().sum(-1) + softening**2).sqrt()
+    distance = square[rows, i, j].sqrt()
     bare_distance = r_vec.norm(dim=-1)
     speed = v_vec.norm(dim=-1)
     gm = gravity.GRAVITATIONAL_CONSTANT * pair_mass
@@ -132,15 +145,15 @@ def _snapshot_quantities(positions: Tensor, velocities: Tensor, masses: Tensor, 
         small = torch.minimum(masses[rows, i], masses[rows, j])
         large = torch.maximum(masses[rows, i], masses[rows, j])
         off_diagonal = ~torch.eye(n_bodies, dtype=torch.bool, device=positions.device)
-        mean_free_fall = free_fall[:, off_diagonal].mean(dim=1)
+        mean_free_fall = free_fall_squared[:, off_diagonal].sqrt().mean(dim=1)
         columns += [
             eccentricity,
             (small / large).log(),
-            (free_fall.flatten(1).amin(dim=1) / mean_free_fall).log(),
+            (shortest_squared.sqrt() / mean_free_fall).log(),
             (_virial_ratio(positions, velocities, masses, softening) + _LOG_FLOOR).log(),
         ]
     columns += [distance.clamp_min(_TINY).log(), speed.clamp_min(_TINY).log()]
-    return torch.stack(columns, dim=1)
+    return torch.stack(columns, dim=1), shortest_squared.sqrt()
 
 
 def _virial_ratio(positions: Tensor, velocities: Tensor, masses: Tensor, softening: float) -> Tensor:

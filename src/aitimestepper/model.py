@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from aitimestepper.config import Params
-from aitimestepper.features import compute_features
+from aitimestepper.features import features_and_free_fall_time
 from aitimestepper.history import History
 from aitimestepper.physics.state import DTYPE, State
 from aitimestepper.policies import TimeStepPolicy
@@ -75,20 +75,31 @@ def build_network(params: Params) -> TimeStepNet:
 
 
 class LearnedPolicy(TimeStepPolicy):
-    """The network as a time-step policy: dt = t_ff * exp(net(features(state, history)))."""
+    """The network as a time-step policy: dt = scale * t_ff * exp(net(features(state, history))).
+
+    ``scale`` is 1 at the threshold the network was trained for; :meth:`at_threshold` moves it
+    to another one.
+    """
 
     name = "learned"
 
-    def __init__(self, network: TimeStepNet, params: Params) -> None:
+    def __init__(self, network: TimeStepNet, params: Params, scale: float = 1.0) -> None:
         self.network = network
         self.params = params
         self.family = params.features.family
         self.history_len = params.features.history_len
+        self.scale = scale
+
+    def at_threshold(self, energy_threshold: float) -> LearnedPolicy:
+        """The same network aimed at another threshold: leapfrog's one-step energy error grows
+        as dt**3, so steps are scaled by (threshold / trained threshold) ** (1/3)."""
+        ratio = energy_threshold / self.params.energy_threshold
+        return LearnedPolicy(self.network, self.params, scale=ratio ** (1.0 / 3.0))
 
     def step_size(self, state: State, history: History) -> Tensor:
         """(B,) time steps, differentiable with respect to the network's parameters."""
-        log_fraction = self.network(compute_features(state, history, self.family))
-        return state.free_fall_time().detach() * log_fraction.exp()
+        features, free_fall_time = features_and_free_fall_time(state, history, self.family)
+        return self.scale * free_fall_time * self.network(features).exp()
 
     def propose(self, state: State, history: History) -> Tensor:
         with torch.no_grad():

@@ -99,3 +99,18 @@ def cost_vs_error(summary: dict, path: Path, energy_threshold: float) -> None:
     axis.set_title(f"cost vs accuracy, held-out binaries, threshold {energy_threshold:g}")
     axis.grid(alpha=0.3, which="both")
     _save(figure, Path(path))
+
+
+def dt_vs_phase(curves: dict, path: Path) -> None:
+    """dt against mean anomaly over one orbit, one line per policy."""
+    figure, axis = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    for name, (phase, dt) in curves.items():
+        order = phase.argsort()
+        axis.plot(phase[order].numpy(), dt[order].numpy(), marker=".", ms=2, lw=0.8, label=name)
+    axis.set_yscale("log")
+    axis.set_xlabel("mean anomaly at the start of the step (rad; 0 = pericenter)")
+    axis.set_ylabel("dt (time units)")
+    axis.set_title("dt vs orbital phase, e = 0.9 binary, a = 1, M = 1")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend()
+    _save(figure, Path(path))

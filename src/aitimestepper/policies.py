@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from aitimestepper.history import History
+from aitimestepper.physics import gravity
 from aitimestepper.physics.integrator import leapfrog_step, relative_energy_error
 from aitimestepper.physics.state import State
 
@@ -25,6 +26,15 @@ class TimeStepPolicy(ABC):
     name: str
     #: past states the policy reads (0: it needs the current state only)
     history_len: int = 0
+    #: pairwise passes (force-evaluation equivalents) a proposal costs beyond the step itself
+    extra_force_evaluations: int = 0
+
+    def start(self, state: State) -> None:  # noqa: B027 (optional hook)
+        """Called once before a rollout of ``state``; stateful policies reset here."""
+
+    def observe(self, dt: Tensor, error: Tensor, moved: Tensor) -> None:  # noqa: B027 (optional hook)
+        """Called after every step with the steps taken (B,), their single-step relative energy
+        errors (B,) and which systems moved (B,); stateful policies learn from it."""
 
     @abstractmethod
     def propose(self, state: State, history: History) -> Tensor:
@@ -126,6 +136,61 @@ class Oracle(TimeStepPolicy):
             low = torch.where(refine & ok, middle, low)
             high = torch.where(refine & ~ok, middle, high)
         return low
+
+
+class TimeSymmetricFreeFall(TimeStepPolicy):
+    """Free-fall step symmetrized over the step: dt = (f(x_n) + f(x_n+1)) / 2, f = eta t_ff.
+
+    One fixed-point iteration: the end point x_n+1 of a trial step of f(x_n) is drifted (no
+    force needed, the acceleration at x_n is known), and its free-fall time is one extra
+    pairwise pass, counted as a force evaluation.
+    """
+
+    name = "time_symmetric_free_fall"
+    extra_force_evaluations = 1
+
+    def __init__(self, eta: float) -> None:
+        self.free_fall = FreeFall(eta)
+
+    def propose(self, state: State, history: History) -> Tensor:
+        first = self.free_fall.propose(state, history)
+        step = first.view(-1, 1, 1)
+        trial = state.positions + step * (state.velocities + 0.5 * step * state.accelerations)
+        second = self.free_fall.eta * gravity.min_free_fall_time(trial, state.masses, state.softening)
+        return 0.5 * (first + second)
+
+
+class EnergyFeedback(TimeStepPolicy):
+    """Step-size controller on the energy error (use with gated rollouts: a failing step is
+    rejected and retried shorter).
+
+    After a step of dt with error e, the next proposal is
+    dt * clamp(safety * (target * threshold / e) ** (1/3), 1/2, 2): leapfrog's one-step error
+    grows as dt**3, so this aims at ``target`` times the threshold. The first step is
+    ``initial_eta`` free-fall times.
+    """
+
+    name = "energy_feedback"
+
+    def __init__(self, energy_threshold: float, target: float = 0.5, safety: float = 0.9, initial_eta: float = 0.005):
+        self.energy_threshold = energy_threshold
+        self.target, self.safety = target, safety
+        self.initial = FreeFall(initial_eta)
+        self.next_dt: Tensor | None = None
+
+    def start(self, state: State) -> None:
+        self.next_dt = None
+
+    def propose(self, state: State, history: History) -> Tensor:
+        if self.next_dt is None:
+            self.next_dt = self.initial.propose(state, history)
+        return self.next_dt
+
+    def observe(self, dt: Tensor, error: Tensor, moved: Tensor) -> None:
+        tiny = torch.finfo(dt.dtype).tiny
+        factor = self.safety * (self.target * self.energy_threshold / error.clamp_min(tiny)) ** (1.0 / 3.0)
+        proposal = dt * factor.clamp(0.5, 2.0)
+        self.next_dt = torch.where(moved & (dt > 0), proposal, self.next_dt)
 
 
 def make_policy(name: str, *, energy_threshold: float, fixed_dt: float, eta: float) -> TimeStepPolicy:

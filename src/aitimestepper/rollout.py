@@ -118,6 +118,7 @@ def rollout(
     dt_min, dt_max, dt_sum = torch.full_like(zeros, float("inf")), zeros.clone(), zeros.clone()
     energy = initial_energy
     records = _Recorder(state) if record else None
+    policy.start(state)
     with torch.no_grad():
         for _ in range(max_steps):
             active = (end_time - state.time > _END_TOLERANCE * end_time.abs()) & ~failed
@@ -128,7 +129,7 @@ def rollout(
             proposed = policy.propose(state, history)
             dt = torch.where(active, torch.minimum(proposed, end_time - state.time), zeros)
             candidate, new_energy, step_error = _try_step(state, dt, energy)
-            force_evaluations += active
+            force_evaluations += active * (1 + policy.extra_force_evaluations)
             if gated:
                 candidate, new_energy, step_error, dt, retries = _gate(
                     state, energy, candidate, new_energy, step_error, dt, active, energy_threshold
@@ -137,6 +138,7 @@ def rollout(
             broke = active & ~(candidate.finite_mask() & new_energy.isfinite())
             moved = active & ~broke
             failed |= broke
+            policy.observe(dt, step_error, moved)
             history = history.push_where(moved, state)
             state = candidate.where(moved, state)
             energy = torch.where(moved, new_energy, energy)

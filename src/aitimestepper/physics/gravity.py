@@ -27,7 +27,7 @@ def pair_separations(positions: Tensor) -> Tensor:
     return positions.unsqueeze(-3) - positions.unsqueeze(-2)
 
 
-def _softened_square_distances(separations: Tensor, softening: float) -> Tensor:
+def softened_square_distances(separations: Tensor, softening: float) -> Tensor:
     """Softened squared distances with the self-pairs set to +inf, shape (B, N, N).
 
     Setting the diagonal to +inf makes every inverse power of it exactly zero, so self-pairs
@@ -51,7 +51,7 @@ def accelerations(positions: Tensor, masses: Tensor, softening: float = 0.0) -> 
         (B, N, D) accelerations a_i = G sum_j m_j (x_j - x_i) / (r_ij**2 + eps**2)**1.5.
     """
     separations = pair_separations(positions)
-    inverse_cube = _softened_square_distances(separations, softening).pow(-1.5)
+    inverse_cube = softened_square_distances(separations, softening).pow(-1.5)
     weights = GRAVITATIONAL_CONSTANT * masses.unsqueeze(-2) * inverse_cube
     return (weights.unsqueeze(-1) * separations).sum(dim=-2)
 
@@ -67,7 +67,7 @@ def potential_energy(positions: Tensor, masses: Tensor, softening: float = 0.0) 
     Returns:
         (B,) potential energies.
     """
-    inverse_distance = _softened_square_distances(pair_separations(positions), softening).rsqrt()
+    inverse_distance = softened_square_distances(pair_separations(positions), softening).rsqrt()
     mass_products = masses.unsqueeze(-1) * masses.unsqueeze(-2)
     return -0.5 * GRAVITATIONAL_CONSTANT * (mass_products * inverse_distance).sum(dim=(-2, -1))
 
@@ -106,7 +106,7 @@ def free_fall_times(positions: Tensor, masses: Tensor, softening: float = 0.0) -
     Returns:
         (B, N, N) time scales with +inf on the diagonal (a body with itself).
     """
-    square = _softened_square_distances(pair_separations(positions), softening)
+    square = softened_square_distances(pair_separations(positions), softening)
     pair_mass = masses.unsqueeze(-1) + masses.unsqueeze(-2)
     return (square.pow(1.5) / (GRAVITATIONAL_CONSTANT * pair_mass)).sqrt()
 
