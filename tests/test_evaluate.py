@@ -12,7 +12,7 @@ from aitimestepper.history import History
 from aitimestepper.policies import EnergyFeedback, FreeFall, Oracle, TimeSymmetricFreeFall
 from aitimestepper.rollout import rollout
 from systems import binary, binary_elements
-from training_params import tiny_params
+from training_params import SMALL_EVALUATION, tiny_params
 
 
 def test_gated_rollout_keeps_every_step_under_the_threshold_at_a_counted_cost():
@@ -53,15 +53,7 @@ def test_time_symmetric_free_fall_counts_its_extra_pass():
 def test_evaluation_report_of_a_small_suite(tmp_path, tiny_checkpoint):
     params = tiny_params()
     data = params.model_dump()
-    data["evaluation"].update(
-        duration_periods=0.5,
-        three_body_systems=2,
-        three_body_crossing_times=1.0,
-        tuning_systems=4,
-        tuning_periods=0.5,
-        fixed_dt_periods=0.01,
-        extra_thresholds=[1e-4],
-    )
+    data["evaluation"].update(SMALL_EVALUATION, extra_thresholds=[1e-4])
     params = type(params).model_validate(data)
     report = evaluate(params, str(tiny_checkpoint))
     write_report(report, tmp_path / "evaluate.json", tmp_path / "plots", params=params, source=str(tiny_checkpoint))

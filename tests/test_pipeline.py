@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training_params import REPO, tiny_params
+from training_params import REPO, SMALL_EVALUATION, tiny_params
 
 
 def run(command: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -31,15 +31,7 @@ def test_dvc_repro_runs_the_whole_pipeline_and_is_then_up_to_date(tmp_path):
             shutil.copy2(REPO / name, copy / name)
     params = tiny_params(epochs=2).model_dump(mode="json")
     params["simulation"].update(num_systems=3, duration_periods=1.0)
-    params["evaluation"].update(
-        duration_periods=0.5,
-        three_body_systems=2,
-        three_body_crossing_times=1.0,
-        tuning_systems=4,
-        tuning_periods=0.5,
-        fixed_dt_periods=0.01,
-        extra_thresholds=[],
-    )
+    params["evaluation"].update(SMALL_EVALUATION, extra_thresholds=[])
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"

@@ -9,6 +9,17 @@ from aitimestepper.config import Params, load_params
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: an evaluation suite small enough for the tests (same families, minutes -> seconds)
+SMALL_EVALUATION = {
+    "duration_periods": 0.5,
+    "three_body_systems": 2,
+    "three_body_crossing_times": 1.0,
+    "tuning_systems": 4,
+    "tuning_periods": 0.5,
+    "fixed_dt_periods": 0.01,
+}
+
+
 def tiny_params(**overrides) -> Params:
     """The shipped params shrunk to seconds of training; ``overrides`` use dotted keys."""
     data = load_params(REPO / "params.yaml").model_dump()
