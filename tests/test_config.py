@@ -35,8 +35,9 @@ def test_shipped_params_load_with_their_documented_defaults():
     params = load_params(SHIPPED)
     assert params.energy_threshold == 2e-4
     assert params.initial_conditions.eccentricity_sampling == "log_one_minus_e"
-    assert (params.initial_conditions.eccentricity_min, params.initial_conditions.eccentricity_max) == (0.5, 0.995)
-    assert params.features.history_len >= 1
+    assert (params.initial_conditions.eccentricity_min, params.initial_conditions.eccentricity_max) == (0.3, 0.995)
+    assert params.features.history_len == 0
+    assert params.training.failure_weight > 0 and params.training.learning_rate_final < params.training.learning_rate
 
 
 def test_defaults_without_a_file_match_the_issue_contract(tmp_path, monkeypatch):
@@ -112,9 +113,15 @@ def test_impossible_combinations_are_refused(tmp_path, edits, rule):
     assert rule in str(refused.value)
 
 
+def test_final_learning_rate_must_not_exceed_the_first(tmp_path):
+    path = write_edit(tmp_path, "training.learning_rate_final", 0.01)
+    with pytest.raises(ParamsError, match=r"learning_rate_final \(0.01\) must be <= learning_rate"):
+        load_params(path)
+
+
 def test_loss_band_must_be_ordered(tmp_path):
-    path = write_edit(tmp_path, "training.band_lower", 0.9)
-    with pytest.raises(ParamsError, match=r"band_lower \(0.9\) must be < band_upper \(0.85\)"):
+    path = write_edit(tmp_path, "training.band_lower", 0.95)
+    with pytest.raises(ParamsError, match=r"band_lower \(0.95\) must be < band_upper \(0.9\)"):
         load_params(path)
 
 

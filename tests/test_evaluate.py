@@ -7,12 +7,24 @@ import json
 import pytest
 import torch
 
-from aitimestepper.evaluate import evaluate, headline, write_report
+from aitimestepper.evaluate import binary_family, evaluate, headline, write_report
 from aitimestepper.history import History
 from aitimestepper.policies import EnergyFeedback, FreeFall, Oracle, TimeSymmetricFreeFall
 from aitimestepper.rollout import rollout
+from aitimestepper.training.validation import validation_binaries
 from systems import binary, binary_elements
 from training_params import SMALL_EVALUATION, tiny_params
+
+
+def test_model_selection_never_sees_a_held_out_binary():
+    params = tiny_params()
+    held_out = binary_family(params, scaled=False).elements
+    validation = validation_binaries(params)
+    evaluated = set(zip(held_out.eccentricity.tolist(), held_out.mean_anomaly.tolist(), strict=True))
+    selected_on = set(zip(validation.eccentricity.tolist(), validation.mean_anomaly.tolist(), strict=True))
+    assert len(selected_on) == validation.eccentricity.numel() > 0
+    assert not {e for e, _ in selected_on} & {e for e, _ in evaluated}
+    assert not selected_on & evaluated
 
 
 def test_gated_rollout_keeps_every_step_under_the_threshold_at_a_counted_cost():
@@ -44,8 +56,8 @@ def test_time_symmetric_free_fall_counts_its_extra_pass():
     end = binary_elements([0.5]).period
     result = rollout(state, TimeSymmetricFreeFall(0.02), end, energy_threshold=2e-4, max_steps=100_000)
     assert result.force_evaluations.item() == 2 * result.steps.item()
-    plain = FreeFall(0.02).propose(state, History.empty(state, 0))
-    symmetric = TimeSymmetricFreeFall(0.02).propose(state, History.empty(state, 0))
+    plain = FreeFall(0.02).propose(state, History.empty(state.batch_size, 0, 0))
+    symmetric = TimeSymmetricFreeFall(0.02).propose(state, History.empty(state.batch_size, 0, 0))
     assert not torch.equal(plain, symmetric)
 
 

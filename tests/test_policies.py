@@ -33,7 +33,7 @@ def sampled_states(generator, count=48):
 def test_oracle_step_passes_and_five_percent_more_fails(generator, cluster):
     oracle = Oracle(THRESHOLD)
     for states in (sampled_states(generator), cluster):
-        dt = oracle.propose(states, History.empty(states, 0))
+        dt = oracle.propose(states, History.empty(states.batch_size, 0, 0))
         _, error = step_energy_error(states, dt)
         _, error_larger = step_energy_error(states, 1.05 * dt)
         assert torch.all(error <= THRESHOLD)
@@ -43,8 +43,8 @@ def test_oracle_step_passes_and_five_percent_more_fails(generator, cluster):
 
 def test_oracle_steps_shrink_with_the_threshold(generator):
     states = sampled_states(generator, 16)
-    loose = Oracle(1e-3).propose(states, History.empty(states, 0))
-    tight = Oracle(1e-5).propose(states, History.empty(states, 0))
+    loose = Oracle(1e-3).propose(states, History.empty(states.batch_size, 0, 0))
+    tight = Oracle(1e-5).propose(states, History.empty(states.batch_size, 0, 0))
     assert torch.all(tight < loose)
     # leapfrog's one-step energy error scales as dt^3 (mostly): dt ratio near 100^(1/3) = 4.6
     assert 2.5 < (loose / tight).median().item() < 8.0
@@ -52,14 +52,15 @@ def test_oracle_steps_shrink_with_the_threshold(generator):
 
 def test_free_fall_step_is_eta_times_the_pair_time():
     states = binary([0.0, 0.9], semi_major_axis=2.0, total_mass=4.0)
-    dt = FreeFall(0.1).propose(states, History.empty(states, 0))
+    dt = FreeFall(0.1).propose(states, History.empty(states.batch_size, 0, 0))
     separation = torch.tensor([2.0, 2.0 * 1.9], dtype=torch.float64)  # apocenter a (1 + e)
     assert torch.allclose(dt, 0.1 * (separation**3 / 4.0).sqrt(), rtol=1e-12)
 
 
 def test_fixed_step_is_constant(cluster):
     assert torch.equal(
-        FixedStep(0.25).propose(cluster, History.empty(cluster, 0)), torch.full((4,), 0.25, dtype=torch.float64)
+        FixedStep(0.25).propose(cluster, History.empty(cluster.batch_size, 0, 0)),
+        torch.full((4,), 0.25, dtype=torch.float64),
     )
 
 

@@ -19,7 +19,7 @@ from aitimestepper.training.loss import band_loss
 from aitimestepper.training.replay import replay
 from aitimestepper.training.sampler import SystemSampler
 from aitimestepper.training.step import gated_step, optimizer_step
-from aitimestepper.training.trainer import train
+from aitimestepper.training.trainer import learning_rate, train
 from training_params import tiny_params
 
 
@@ -38,7 +38,7 @@ def test_part1_rejects_a_too_large_step_and_retrains_until_accepted():
     policy, optimizer, sampler, _ = setup(params)
     collector = Collector(params, sampler)
     start = collector.state
-    first = gated_step(policy, start, History.empty(start, 0), params)
+    first = gated_step(policy, start, policy.new_history(start), params)
     assert not first.passed.any()  # half a free-fall time is far too long a step
     buffer = ReplayBuffer(1000, 0.0)
     stats = collector.collect(policy, optimizer, buffer).values
@@ -101,7 +101,7 @@ def synthetic_buffer(params, count=512):
     )
     state = kepler_binary(elements)
     buffer = ReplayBuffer(count, 0.0)
-    buffer.add(state, History.empty(state, 0))
+    buffer.add(state, History.empty(state.batch_size, 0, 4))
     return buffer
 
 
@@ -155,6 +155,33 @@ def test_band_loss_shape():
     assert torch.isfinite(band_loss(torch.zeros(1, dtype=torch.float64), threshold, 0.5, 0.85)).all()
 
 
+def test_failure_penalty_makes_a_barely_failing_step_cost_more_than_a_cautious_one():
+    threshold = 1e-4
+    cautious, failing = 0.25e-4, 1.02e-4
+    errors = torch.tensor([cautious, failing, 0.9e-4], dtype=torch.float64, requires_grad=True)
+    plain = band_loss(errors, threshold, 0.5, 0.85, below_weight=0.1)
+    # the squared band distance alone ranks the failing step as the better one ...
+    assert plain[1] < plain[0]
+    penalized = band_loss(errors, threshold, 0.5, 0.85, below_weight=0.1, failure_weight=1.0)
+    # ... the penalty (slope 1 per unit log excess) reverses that, and leaves passing steps alone
+    assert penalized[1] > penalized[0]
+    assert float((penalized[1] - plain[1]).detach()) == pytest.approx(math.log(failing / threshold), rel=1e-12)
+    assert torch.equal(penalized[[0, 2]], plain[[0, 2]])
+    (gradient,) = torch.autograd.grad(penalized[1], errors)
+    (plain_gradient,) = torch.autograd.grad(plain[1], errors)
+    assert float(gradient[1]) == pytest.approx(float(plain_gradient[1]) + 1.0 / failing, rel=1e-12)
+
+
+def test_learning_rate_follows_a_cosine_from_first_to_final():
+    constant = tiny_params(epochs=5, **{"training.learning_rate_final": None})
+    assert [learning_rate(constant, epoch) for epoch in range(1, 6)] == [constant.training.learning_rate] * 5
+    params = tiny_params(epochs=5, **{"training.learning_rate": 1e-3, "training.learning_rate_final": 1e-4})
+    rates = [learning_rate(params, epoch) for epoch in range(1, 6)]
+    assert rates[0] == pytest.approx(1e-3, rel=1e-12) and rates[-1] == pytest.approx(1e-4, rel=1e-12)
+    assert rates[2] == pytest.approx(5.5e-4, rel=1e-12)  # half way: the mean of the two
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+
+
 def test_non_finite_steps_never_reach_the_weights():
     params = tiny_params(**{"features.history_len": 0})
     policy, optimizer, _, _ = setup(params)
@@ -166,7 +193,7 @@ def test_non_finite_steps_never_reach_the_weights():
     network = policy.network
     with torch.no_grad():  # make the untrained network output exactly dt = 0.5 for both systems
         network.layers[-1].bias.fill_(math.log(fraction[1].item()))
-    outcome = gated_step(policy, state, History.empty(state, 0), params)
+    outcome = gated_step(policy, state, History.empty(state.batch_size, 0, 4), params)
     assert outcome.finite.tolist() == [True, False]
     assert torch.isfinite(outcome.loss)
     before = [p.detach().clone() for p in network.parameters()]
@@ -205,7 +232,7 @@ def test_checkpoint_round_trip_rebuilds_the_policy(tmp_path):
             start_phase="random",
         )
     )
-    history = History.empty(state, params.features.history_len)
+    history = policy.new_history(state)
     reference = LearnedPolicy(build_network(params), params)
     reference.network.load_state_dict(kept["model_state"])
     assert torch.equal(policy.propose(state, history), reference.propose(state, history))

@@ -32,7 +32,7 @@ from aitimestepper.rollout import rollout
 BATCH_SIZES = (1, 64, 1024)
 BODY_COUNTS = (2, 3, 8)
 STEPS = 40
-REPEATS = 3
+REPEATS = 5
 
 
 def _timed(work: Callable[[], Any], repeats: int = REPEATS) -> float:
@@ -44,6 +44,19 @@ def _timed(work: Callable[[], Any], repeats: int = REPEATS) -> float:
         work()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def _timed_side_by_side(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[float, float]:
+    """Median wall times of ``first`` and ``second``, their calls interleaved (after one warm-up
+    call each) so that a slow spell of the machine hits both alike."""
+    first(), second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(REPEATS):
+        for work, spent in ((first, times[0]), (second, times[1])):
+            started = time.perf_counter()
+            work()
+            spent.append(time.perf_counter() - started)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _systems(batch: int, bodies: int) -> State:
@@ -62,8 +75,9 @@ def simulation_throughput(policy: LearnedPolicy) -> list[dict[str, float]]:
             def run(chosen, state=state, forever=forever):
                 return rollout(state, chosen, forever, energy_threshold=1.0, max_steps=STEPS)
 
-            learned_time = _timed(lambda run=run: run(policy))
-            fixed_time = _timed(lambda run=run, fixed=fixed: run(fixed))
+            learned_time, fixed_time = _timed_side_by_side(
+                lambda run=run: run(policy), lambda run=run, fixed=fixed: run(fixed)
+            )
             rows.append(
                 {
                     "batch": batch,
@@ -78,11 +92,10 @@ def simulation_throughput(policy: LearnedPolicy) -> list[dict[str, float]]:
 
 def replay_speedup(policy: LearnedPolicy, params: Params, batch: int = 512) -> dict[str, float]:
     """One batched gated step (forward, physics, loss, backward) vs the same per sample."""
-    from aitimestepper.history import History
     from aitimestepper.training.step import gated_step
 
     state = _systems(batch, 2)
-    history = History.empty(state, params.features.history_len)
+    history = policy.new_history(state)
 
     def batched():
         gated_step(policy, state, history, params).loss.backward()

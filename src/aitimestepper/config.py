@@ -127,7 +127,13 @@ class TrainingParams(Section):
 
     steps_per_epoch: int = Field(1, ge=1, le=100_000, description="Accepted Part 1 steps per system per epoch.")
     num_orbits: int = Field(64, ge=1, le=65_536, description="Systems collected in parallel in Part 1.")
-    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate.")
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate of the first epoch.")
+    learning_rate_final: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Learning rate of the last epoch, reached on a cosine schedule; null: constant learning_rate.",
+    )
     band_lower: float = Field(
         0.5, gt=0.0, lt=1.0, description="Lower edge of the loss band, as a fraction of energy_threshold."
     )
@@ -136,6 +142,9 @@ class TrainingParams(Section):
     )
     below_band_weight: float = Field(
         0.1, gt=0.0, le=1.0, description="Weight of the dt-too-small loss term relative to the dt-too-large term."
+    )
+    failure_weight: float = Field(
+        0.0, ge=0.0, le=1000.0, description="Slope of the extra loss on a step over the threshold, per unit log excess."
     )
     replay_batch_size: int = Field(512, ge=1, le=1_000_000, description="Part 2 minibatch size.")
     replay_steps: int = Field(200, ge=1, le=1_000_000, description="Cap on Part 2 iterations per epoch.")
@@ -160,6 +169,10 @@ class TrainingParams(Section):
     def _band_ordered(self) -> TrainingParams:
         if not self.band_lower < self.band_upper:
             raise ValueError(f"band_lower ({self.band_lower}) must be < band_upper ({self.band_upper})")
+        if self.learning_rate_final is not None and self.learning_rate_final > self.learning_rate:
+            raise ValueError(
+                f"learning_rate_final ({self.learning_rate_final}) must be <= learning_rate ({self.learning_rate})"
+            )
         if self.replay_min_steps > self.replay_steps:
             raise ValueError(
                 f"replay_min_steps ({self.replay_min_steps}) must be <= replay_steps ({self.replay_steps})"

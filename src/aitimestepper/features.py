@@ -20,10 +20,13 @@ Families (F = features per snapshot, H = ``history_len``):
         dim = 2 + 2 H.
 
 Past states not yet seen are zero-padded (never NaN); :meth:`History.warming_up` flags them.
+Each state is looked at once: its :class:`Snapshot` rows are computed when a dt is proposed for
+it and kept in the :class:`History` window afterwards.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -49,61 +52,78 @@ def feature_dim(family: str, history_len: int) -> int:
     return _PER_SNAPSHOT[family] * (history_len + 1)
 
 
-def compute_features(state: State, history: History, family: FeatureFamily) -> Tensor:
-    """Feature vectors of B systems.
+@dataclass(frozen=True)
+class Snapshot:
+    """What a policy learns from one look at the current states.
 
-    Args:
-        state: the current states (B systems).
-        history: their past states (H slots each, most recent first).
-        family: ``basic``, ``rich`` or ``delta_mag``.
-
-    Returns:
-        (B, feature_dim(family, H)) float64 features, finite for finite states; no gradient
-        flows back into the states.
+    Attributes:
+        rows: (B, Q) float64 per-snapshot quantities (``Q = snapshot_width(family)``), the
+            entries a :class:`History` keeps once the step is taken.
+        free_fall_time: (B,) shortest pairwise free-fall time, as :meth:`State.free_fall_time`
+            gives it (time units).
     """
-    return features_and_free_fall_time(state, history, family)[0]
+
+    rows: Tensor
+    free_fall_time: Tensor
 
 
-def features_and_free_fall_time(state: State, history: History, family: FeatureFamily) -> tuple[Tensor, Tensor]:
-    """:func:`compute_features` and, from the same pairwise pass, the shortest free-fall time
-    of each current state (B,), as :meth:`State.free_fall_time` gives it."""
+def snapshot_width(family: str) -> int:
+    """Quantities Q per snapshot of ``family``: the family's own plus log r and log v of the
+    critical pair (for ``delta_mag``)."""
+    if family not in FEATURE_FAMILIES:
+        raise ValueError(f"unknown feature family {family!r}; choose one of {FEATURE_FAMILIES}")
+    return _PER_SNAPSHOT.get(family, _PER_SNAPSHOT["basic"]) + 2
+
+
+def snapshot(state: State, family: FeatureFamily) -> Snapshot:
+    """One pairwise pass over B current states: their snapshot rows and free-fall times.
+    No gradient flows back into the states."""
     if family not in FEATURE_FAMILIES:
         raise ValueError(f"unknown feature family {family!r}; choose one of {FEATURE_FAMILIES}")
     with torch.no_grad():
-        snapshots, valid = _stack_snapshots(state.detach(), history)
-        batch, slots = valid.shape
-        flat, free_fall = _snapshot_quantities(
-            snapshots[0].flatten(0, 1),
-            snapshots[1].flatten(0, 1),
-            state.masses.detach().repeat_interleave(slots, dim=0),
-            state.softening,
-            rich=family == "rich",
+        state = state.detach()
+        rows, free_fall = _snapshot_quantities(
+            state.positions, state.velocities, state.masses, state.softening, rich=family == "rich"
         )
-        flat = flat.view(batch, slots, -1)
-        current_free_fall = free_fall.view(batch, slots)[:, 0]
-        if family == "delta_mag":
-            current = flat[:, 0, :2]
-            log_scales = flat[:, :, -2:]
-            deltas = (log_scales[:, 1:] - log_scales[:, :1]) * valid[:, 1:, None]
-            return torch.cat([current, deltas.flatten(1)], dim=1), current_free_fall
-        per_snapshot = _PER_SNAPSHOT[family]
-        return (flat[:, :, :per_snapshot] * valid[:, :, None]).flatten(1), current_free_fall
+    return Snapshot(rows, free_fall)
 
 
-def _stack_snapshots(state: State, history: History) -> tuple[tuple[Tensor, Tensor], Tensor]:
-    """Current state and past states as (B, H + 1, N, D) tensors, plus a (B, H + 1) valid mask.
+def assemble(current: Tensor, history: History, family: FeatureFamily) -> Tensor:
+    """Feature vectors from the current snapshot rows and the window of past ones.
 
-    Unfilled slots are replaced by the current state so every snapshot is finite; the mask
-    later zeroes their features.
+    Args:
+        current: (B, Q) snapshot rows of the current states.
+        history: their past snapshot rows (H slots each, most recent first).
+        family: ``basic``, ``rich`` or ``delta_mag``.
+
+    Returns:
+        (B, feature_dim(family, H)) float64 features; slots not yet filled contribute zeros.
     """
-    slots = torch.arange(history.length + 1, device=history.filled.device)
-    valid = slots.unsqueeze(0) <= history.filled.unsqueeze(1)
-    keep = valid[:, 1:, None, None]
-    past_positions = torch.where(keep, history.positions, state.positions.unsqueeze(1))
-    past_velocities = torch.where(keep, history.velocities, state.velocities.unsqueeze(1))
-    positions = torch.cat([state.positions.unsqueeze(1), past_positions], dim=1)
-    velocities = torch.cat([state.velocities.unsqueeze(1), past_velocities], dim=1)
-    return (positions, velocities), valid.to(state.positions.dtype)
+    if history.length == 0:
+        return current[:, : feature_dim(family, 0)]
+    slots = torch.arange(history.length + 1, device=current.device)
+    valid = (slots.unsqueeze(0) <= history.filled.unsqueeze(1)).to(current.dtype)
+    if family == "delta_mag":
+        log_scales = history.rows[:, :, -2:]
+        deltas = (log_scales - current[:, None, -2:]) * valid[:, 1:, None]
+        return torch.cat([current[:, :2], deltas.flatten(1)], dim=1)
+    per_snapshot = _PER_SNAPSHOT[family]
+    window = torch.cat([current[:, None, :per_snapshot], history.rows[:, :, :per_snapshot]], dim=1)
+    return (window * valid[:, :, None]).flatten(1)
+
+
+def compute_features(state: State, history: History, family: FeatureFamily) -> Tensor:
+    """Feature vectors of B systems: :func:`assemble` of their :func:`snapshot`.
+
+    Args:
+        state: the current states (B systems).
+        history: their past snapshot rows (H slots each, most recent first).
+        family: ``basic``, ``rich`` or ``delta_mag``.
+
+    Returns:
+        (B, feature_dim(family, H)) float64 features, finite for finite states.
+    """
+    return assemble(snapshot(state, family).rows, history, family)
 
 
 def _snapshot_quantities(
@@ -117,18 +137,19 @@ def _snapshot_quantities(
     the critical pair (not scale-free: only their differences over time are used). One pairwise
     pass over positions finds the critical pair; everything else is per pair.
     """
-    separations = gravity.pair_separations(positions)
+    separations = gravity.pair_separations(positions)  # (M, D, N, N)
     square = gravity.softened_square_distances(separations, softening)  # (M, N, N), inf on diagonal
     pair_mass_matrix = masses.unsqueeze(-1) + masses.unsqueeze(-2)
     free_fall_squared = square.pow(1.5) / (gravity.GRAVITATIONAL_CONSTANT * pair_mass_matrix)
     n_bodies = positions.shape[1]
     shortest_squared, critical = free_fall_squared.flatten(1).min(dim=1)
-    i, j = critical // n_bodies, critical % n_bodies
     rows = torch.arange(positions.shape[0], device=positions.device)
-    r_vec = positions[rows, j] - positions[rows, i]
-    v_vec = velocities[rows, j] - velocities[rows, i]
-    pair_mass = masses[rows, i] + masses[rows, j]
-    distance = square[rows, i, j].sqrt()
+    pair = torch.stack([critical // n_bodies, critical % n_bodies], dim=1)  # (M, 2): bodies i, j
+    r_vec = separations.flatten(2)[rows, :, critical]  # (M, D): x_j - x_i
+    pair_velocities = velocities[rows.unsqueeze(1), pair]  # (M, 2, D)
+    v_vec = pair_velocities[:, 1] - pair_velocities[:, 0]
+    pair_mass = pair_mass_matrix.flatten(1)[rows, critical]
+    distance = square.flatten(1)[rows, critical].sqrt()
     bare_distance = r_vec.norm(dim=-1)
     speed = v_vec.norm(dim=-1)
     gm = gravity.GRAVITATIONAL_CONSTANT * pair_mass
@@ -142,8 +163,7 @@ def _snapshot_quantities(
             (speed.square() - gm / bare_distance.clamp_min(_TINY)).unsqueeze(-1) * r_vec - radial.unsqueeze(-1) * v_vec
         ) / gm.unsqueeze(-1)
         eccentricity = eccentricity_vector.norm(dim=-1)
-        small = torch.minimum(masses[rows, i], masses[rows, j])
-        large = torch.maximum(masses[rows, i], masses[rows, j])
+        small, large = masses[rows.unsqueeze(1), pair].aminmax(dim=1)
         off_diagonal = ~torch.eye(n_bodies, dtype=torch.bool, device=positions.device)
         mean_free_fall = free_fall_squared[:, off_diagonal].sqrt().mean(dim=1)
         columns += [

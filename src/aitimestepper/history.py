@@ -1,4 +1,9 @@
-"""A fixed-length window of past states per system, kept as tensors."""
+"""A fixed-length window of the past, per system: the feature rows of the last H states.
+
+A learned policy looks at each state once: the per-snapshot quantities it computes for the
+current state (:func:`aitimestepper.features.snapshot`) are what the window keeps once the step
+is taken, so a step costs one pairwise pass however long the window is.
+"""
 
 from __future__ import annotations
 
@@ -7,67 +12,68 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aitimestepper.physics.state import State
+from aitimestepper.physics.state import DTYPE
 
 
 @dataclass(frozen=True)
 class History:
-    """The last ``length`` states of B systems, most recent first, zero where not yet filled.
+    """The snapshot rows of the last ``length`` states of B systems, most recent first.
 
     Attributes:
-        positions: (B, H, N, D) past positions; index 0 is the state one step ago.
-        velocities: (B, H, N, D) past velocities.
+        rows: (B, H, Q) float64 per-snapshot quantities; index 0 is the state one step ago;
+            zero where not yet filled.
         filled: (B,) int64, how many of the H slots hold a real past state (0..H).
     """
 
-    positions: Tensor
-    velocities: Tensor
+    rows: Tensor
     filled: Tensor
 
     @classmethod
-    def empty(cls, state: State, length: int) -> History:
-        """A history of ``length`` zero slots for the systems of ``state``."""
-        shape = (state.batch_size, length, state.num_bodies, state.dim)
-        zeros = torch.zeros(shape, dtype=state.positions.dtype, device=state.positions.device)
-        filled = torch.zeros(state.batch_size, dtype=torch.int64, device=state.positions.device)
-        return cls(positions=zeros, velocities=zeros.clone(), filled=filled)
+    def empty(cls, batch_size: int, length: int, width: int) -> History:
+        """A window of ``length`` zero slots of ``width`` quantities for ``batch_size`` systems."""
+        return cls(
+            rows=torch.zeros((batch_size, length, width), dtype=DTYPE),
+            filled=torch.zeros(batch_size, dtype=torch.int64),
+        )
 
     @property
     def length(self) -> int:
         """Number of slots H."""
-        return self.positions.shape[1]
+        return self.rows.shape[1]
 
-    def push(self, state: State) -> History:
-        """The history after ``state`` becomes the most recent past state (oldest dropped)."""
+    def push(self, rows: Tensor) -> History:
+        """The window after the state with snapshot ``rows`` (B, Q) becomes the most recent
+        past state (the oldest is dropped)."""
         if self.length == 0:
             return self
-        positions = torch.cat([state.positions.detach().unsqueeze(1), self.positions[:, :-1]], dim=1)
-        velocities = torch.cat([state.velocities.detach().unsqueeze(1), self.velocities[:, :-1]], dim=1)
-        return History(positions, velocities, (self.filled + 1).clamp_max(self.length))
+        shifted = torch.cat([rows.detach().unsqueeze(1), self.rows[:, :-1]], dim=1)
+        return History(shifted, (self.filled + 1).clamp_max(self.length))
 
-    def push_where(self, accepted: Tensor, state: State) -> History:
-        """Push ``state`` only for systems where ``accepted`` (B,) is True."""
-        pushed = self.push(state)
-        mask = accepted.view(-1, 1, 1, 1)
+    def push_where(self, accepted: Tensor, rows: Tensor) -> History:
+        """:meth:`push` only for the systems where ``accepted`` (B,) is True."""
+        if self.length == 0:
+            return self
+        pushed = self.push(rows)
         return History(
-            positions=torch.where(mask, pushed.positions, self.positions),
-            velocities=torch.where(mask, pushed.velocities, self.velocities),
+            rows=torch.where(accepted.view(-1, 1, 1), pushed.rows, self.rows),
             filled=torch.where(accepted, pushed.filled, self.filled),
         )
 
     def reset_where(self, mask: Tensor) -> History:
-        """Empty the history of the systems where ``mask`` (B,) is True (e.g. re-drawn systems)."""
-        clear = mask.view(-1, 1, 1, 1)
+        """Empty the windows of the systems where ``mask`` (B,) is True (e.g. re-drawn systems)."""
         return History(
-            positions=self.positions.masked_fill(clear, 0.0),
-            velocities=self.velocities.masked_fill(clear, 0.0),
+            rows=self.rows.masked_fill(mask.view(-1, 1, 1), 0.0),
             filled=torch.where(mask, torch.zeros_like(self.filled), self.filled),
         )
+
+    def replace_rows(self, index: Tensor, other: History) -> History:
+        """This window with the systems at ``index`` (1-D) replaced by those of ``other``."""
+        return History(self.rows.index_copy(0, index, other.rows), self.filled.index_copy(0, index, other.filled))
 
     def warming_up(self) -> Tensor:
         """(B,) bool: True while a system's window is not yet full (its features are padded)."""
         return self.filled < self.length
 
     def select(self, index: Tensor) -> History:
-        """The histories of the systems picked by ``index`` (bool mask or 1-D indices)."""
-        return History(self.positions[index], self.velocities[index], self.filled[index])
+        """The windows of the systems picked by ``index`` (bool mask or 1-D indices)."""
+        return History(self.rows[index], self.filled[index])

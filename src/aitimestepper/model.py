@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from aitimestepper.config import Params
-from aitimestepper.features import features_and_free_fall_time
+from aitimestepper.features import Snapshot, assemble, snapshot, snapshot_width
 from aitimestepper.history import History
 from aitimestepper.physics.state import DTYPE, State
 from aitimestepper.policies import TimeStepPolicy
@@ -96,11 +96,20 @@ class LearnedPolicy(TimeStepPolicy):
         ratio = energy_threshold / self.params.energy_threshold
         return LearnedPolicy(self.network, self.params, scale=ratio ** (1.0 / 3.0))
 
-    def step_size(self, state: State, history: History) -> Tensor:
-        """(B,) time steps, differentiable with respect to the network's parameters."""
-        features, free_fall_time = features_and_free_fall_time(state, history, self.family)
-        return self.scale * free_fall_time * self.network(features).exp()
+    def new_history(self, state: State) -> History:
+        return History.empty(state.batch_size, self.history_len, snapshot_width(self.family))
+
+    def step_size(self, state: State, history: History) -> tuple[Tensor, Snapshot]:
+        """(B,) time steps, differentiable with respect to the network's parameters, and the
+        snapshot of ``state`` they were computed from (to push into ``history`` after the step)."""
+        look = snapshot(state, self.family)
+        features = assemble(look.rows, history, self.family)
+        return self.scale * look.free_fall_time * self.network(features).exp(), look
 
     def propose(self, state: State, history: History) -> Tensor:
+        return self.propose_with_snapshot(state, history)[0]
+
+    def propose_with_snapshot(self, state: State, history: History) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            return self.step_size(state, history)
+            dt, look = self.step_size(state, history)
+        return dt, look.rows

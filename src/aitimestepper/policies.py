@@ -29,6 +29,15 @@ class TimeStepPolicy(ABC):
     #: pairwise passes (force-evaluation equivalents) a proposal costs beyond the step itself
     extra_force_evaluations: int = 0
 
+    def new_history(self, state: State) -> History:
+        """An empty window of past snapshots for the systems of ``state`` (``history_len`` slots)."""
+        return History.empty(state.batch_size, 0, 0)
+
+    def propose_with_snapshot(self, state: State, history: History) -> tuple[Tensor, Tensor | None]:
+        """:meth:`propose`, plus the (B, Q) snapshot rows of ``state`` that ``history`` keeps
+        once the step is taken (None for policies that read no history)."""
+        return self.propose(state, history), None
+
     def start(self, state: State) -> None:  # noqa: B027 (optional hook)
         """Called once before a rollout of ``state``; stateful policies reset here."""
 
@@ -42,7 +51,7 @@ class TimeStepPolicy(ABC):
 
         Args:
             state: B systems.
-            history: their last ``history_len`` states.
+            history: snapshot rows of their last ``history_len`` states.
 
         Returns:
             (B,) float64 positive time steps (time units).

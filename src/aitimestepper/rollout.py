@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aitimestepper.history import History
 from aitimestepper.physics.integrator import leapfrog_step, relative_energy_error
 from aitimestepper.physics.state import State
 from aitimestepper.policies import TimeStepPolicy
@@ -109,7 +108,7 @@ def rollout(
     zeros = torch.zeros(state.batch_size, dtype=state.positions.dtype)
     initial_energy = state.energy()
     initial_momentum, initial_angular = state.momentum(), state.angular_momentum()
-    history = History.empty(state, policy.history_len)
+    history = policy.new_history(state)
     steps = torch.zeros(state.batch_size, dtype=torch.int64)
     force_evaluations = torch.zeros_like(steps)
     passed = torch.zeros_like(steps)
@@ -126,7 +125,7 @@ def rollout(
                 active &= steps < step_caps
             if not bool(active.any()):
                 break
-            proposed = policy.propose(state, history)
+            proposed, seen = policy.propose_with_snapshot(state, history)
             dt = torch.where(active, torch.minimum(proposed, end_time - state.time), zeros)
             candidate, new_energy, step_error = _try_step(state, dt, energy)
             force_evaluations += active * (1 + policy.extra_force_evaluations)
@@ -139,7 +138,8 @@ def rollout(
             moved = active & ~broke
             failed |= broke
             policy.observe(dt, step_error, moved)
-            history = history.push_where(moved, state)
+            if seen is not None:
+                history = history.push_where(moved, seen)
             state = candidate.where(moved, state)
             energy = torch.where(moved, new_energy, energy)
             steps += moved

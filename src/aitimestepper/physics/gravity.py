@@ -16,24 +16,28 @@ GRAVITATIONAL_CONSTANT = 1.0
 
 
 def pair_separations(positions: Tensor) -> Tensor:
-    """Separation vectors x_j - x_i.
+    """Separation vectors x_j - x_i, components first.
 
     Args:
         positions: (B, N, D) float64 positions.
 
     Returns:
-        (B, N, N, D) tensor whose [b, i, j] entry points from body i to body j.
+        (B, D, N, N) tensor whose [b, :, i, j] entries point from body i to body j. Keeping the
+        D components as the outer axis makes every pairwise operation work on contiguous
+        (N, N) blocks, several times faster for small N and D than an inner axis of length D.
     """
-    return positions.unsqueeze(-3) - positions.unsqueeze(-2)
+    components = positions.transpose(-1, -2).contiguous()
+    return components.unsqueeze(-2) - components.unsqueeze(-1)
 
 
 def softened_square_distances(separations: Tensor, softening: float) -> Tensor:
-    """Softened squared distances with the self-pairs set to +inf, shape (B, N, N).
+    """Softened squared distances from (B, D, N, N) separations, self-pairs set to +inf:
+    shape (B, N, N).
 
     Setting the diagonal to +inf makes every inverse power of it exactly zero, so self-pairs
     drop out of sums without producing NaN values or NaN gradients.
     """
-    square = separations.square().sum(dim=-1) + softening**2
+    square = separations.square().sum(dim=-3) + softening**2
     n_bodies = square.shape[-1]
     self_pair = torch.eye(n_bodies, dtype=torch.bool, device=square.device)
     return square.masked_fill(self_pair, float("inf"))
@@ -53,7 +57,7 @@ def accelerations(positions: Tensor, masses: Tensor, softening: float = 0.0) -> 
     separations = pair_separations(positions)
     inverse_cube = softened_square_distances(separations, softening).pow(-1.5)
     weights = GRAVITATIONAL_CONSTANT * masses.unsqueeze(-2) * inverse_cube
-    return (weights.unsqueeze(-1) * separations).sum(dim=-2)
+    return (weights.unsqueeze(-3) * separations).sum(dim=-1).transpose(-1, -2).contiguous()
 
 
 def potential_energy(positions: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:

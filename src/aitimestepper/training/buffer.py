@@ -13,10 +13,8 @@ class ReplayBuffer:
     """Up to ``capacity`` (state, history window) pairs, oldest overwritten first.
 
     Everything is stored as tensors: positions/velocities/accelerations (C, N, D), masses (C, N),
-    history positions/velocities (C, H, N, D), filled (C,).
+    history snapshot rows (C, H, Q), filled (C,).
     """
-
-    _FIELDS = ("positions", "velocities", "accelerations", "masses", "past_positions", "past_velocities", "filled")
 
     def __init__(self, capacity: int, softening: float) -> None:
         self.capacity = capacity
@@ -35,8 +33,7 @@ class ReplayBuffer:
             "velocities": state.velocities,
             "accelerations": state.accelerations,
             "masses": state.masses,
-            "past_positions": history.positions,
-            "past_velocities": history.velocities,
+            "past_rows": history.rows,
             "filled": history.filled,
         }
         count = state.batch_size
@@ -66,7 +63,7 @@ class ReplayBuffer:
             time=torch.zeros(index.numel(), dtype=t["positions"].dtype),
             softening=self.softening,
         )
-        return state, History(t["past_positions"], t["past_velocities"], t["filled"])
+        return state, History(t["past_rows"], t["filled"])
 
     def state_dict(self) -> dict:
         """Plain tensors and ints, loadable with ``torch.load(weights_only=True)``."""

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from aitimestepper.config import Params
+from aitimestepper.features import snapshot_width
 from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.state import State
@@ -40,7 +41,9 @@ class Collector:
         self.sampler = sampler
         self.state, period = sampler.draw(params.training.num_orbits)
         self.end_time = params.training.orbit_budget * period
-        self.history = History.empty(self.state, params.features.history_len)
+        self.history = History.empty(
+            self.state.batch_size, params.features.history_len, snapshot_width(params.features.family)
+        )
 
     def collect(self, policy: LearnedPolicy, optimizer: torch.optim.Optimizer, buffer: ReplayBuffer) -> CollectionStats:
         """Run Part 1 once; accepted pre-step states (with their windows) go to ``buffer``,
@@ -76,7 +79,7 @@ class Collector:
                 accepted_errors.append(outcome.error[passed])
                 accepted_fractions.append(outcome.dt[passed] / state.free_fall_time()[passed])
                 rows = active[passed]
-                self.history = self._replace_history(rows, history.select(passed).push(state.select(passed)))
+                self.history = self.history.replace_rows(rows, history.select(passed).push(outcome.seen[passed]))
                 self.state = self.state.replace_rows(rows, outcome.after.select(passed))
                 accepted[rows] += 1
             redrawn += self._redraw_finished()
@@ -101,14 +104,6 @@ class Collector:
             }
         )
 
-    def _replace_history(self, rows: Tensor, new: History) -> History:
-        old = self.history
-        return History(
-            old.positions.index_copy(0, rows, new.positions),
-            old.velocities.index_copy(0, rows, new.velocities),
-            old.filled.index_copy(0, rows, new.filled),
-        )
-
     def _redraw_finished(self) -> int:
         """Replace systems past their orbit budget, unbound or non-finite; returns how many."""
         finished = (self.state.time >= self.end_time) | (self.state.energy() >= 0) | ~self.state.finite_mask()
@@ -131,8 +126,7 @@ class Collector:
             "accelerations": s.accelerations,
             "time": s.time,
             "end_time": self.end_time,
-            "past_positions": h.positions,
-            "past_velocities": h.velocities,
+            "history_rows": h.rows,
             "filled": h.filled,
         }
 
@@ -146,4 +140,4 @@ class Collector:
             self.state.softening,
         )
         self.end_time = saved["end_time"]
-        self.history = History(saved["past_positions"], saved["past_velocities"], saved["filled"])
+        self.history = History(saved["history_rows"], saved["filled"])

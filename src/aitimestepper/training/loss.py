@@ -9,13 +9,22 @@ _FLOOR = 1e-300
 
 
 def band_loss(
-    error: Tensor, energy_threshold: float, band_lower: float, band_upper: float, below_weight: float = 1.0
+    error: Tensor,
+    energy_threshold: float,
+    band_lower: float,
+    band_upper: float,
+    below_weight: float = 1.0,
+    failure_weight: float = 0.0,
 ) -> Tensor:
-    """Per-sample squared distance, in log space, of the energy error from the band.
+    """Per-sample squared distance, in log space, of the energy error from the band, plus a
+    linear penalty on failing the gate.
 
     The band is [band_lower, band_upper] x energy_threshold. Above it the loss shrinks dt, below
     it the loss grows dt (the efficiency lever: a step far under the threshold is wasted work),
-    inside it the loss is zero.
+    inside it the loss is zero. A step over the threshold costs ``failure_weight`` times its
+    log excess on top: without it a barely failing step would cost less than a cautious one
+    (the squared distance from the band is small near its upper edge), and a network that cannot
+    fit every state would settle with a share of its steps failing.
 
     Args:
         error: (B,) relative energy errors of one step each, finite, >= 0, differentiable.
@@ -24,6 +33,7 @@ def band_loss(
         below_weight: weight of the below-band term. Below 1 the loss is asymmetric: a step
             that fails costs more than one that is too cautious, so a network that cannot
             resolve every state settles on the safe side of the band.
+        failure_weight: slope, per unit of log(error / threshold), of the failure penalty.
 
     Returns:
         (B,) losses, >= 0.
@@ -31,7 +41,12 @@ def band_loss(
     log_error = (error + _FLOOR).log()
     upper = torch.log(torch.tensor(band_upper * energy_threshold, dtype=error.dtype))
     lower = torch.log(torch.tensor(band_lower * energy_threshold, dtype=error.dtype))
-    return (log_error - upper).relu().square() + below_weight * (lower - log_error).relu().square()
+    threshold = torch.log(torch.tensor(energy_threshold, dtype=error.dtype))
+    return (
+        (log_error - upper).relu().square()
+        + below_weight * (lower - log_error).relu().square()
+        + failure_weight * (log_error - threshold).relu()
+    )
 
 
 def shrink_loss(log_dt: Tensor) -> Tensor:

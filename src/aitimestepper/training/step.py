@@ -23,6 +23,7 @@ class GatedStep:
         dt: (B,) steps taken (detached).
         error: (B,) relative energy errors (detached; inf where non-finite).
         after: the states after the step (detached).
+        seen: (B, Q) snapshot rows of the states before the step (for their history windows).
         finite: (B,) bool, the step produced finite values.
         passed: (B,) bool, finite and error <= energy_threshold.
         loss: scalar mean loss over the batch, differentiable with respect to the network;
@@ -33,6 +34,7 @@ class GatedStep:
     dt: Tensor
     error: Tensor
     after: State
+    seen: Tensor
     finite: Tensor
     passed: Tensor
     loss: Tensor
@@ -40,7 +42,7 @@ class GatedStep:
 
 def gated_step(policy: LearnedPolicy, state: State, history: History, params: Params) -> GatedStep:
     """Predict dt for every system, take one leapfrog step, score it against the threshold."""
-    dt = policy.step_size(state, history)
+    dt, look = policy.step_size(state, history)
     after, error = step_energy_error(state, dt)
     finite = after.finite_mask() & error.isfinite()
     if bool(finite.all()):
@@ -59,6 +61,7 @@ def gated_step(policy: LearnedPolicy, state: State, history: History, params: Pa
         dt=dt.detach(),
         error=error,
         after=after.detach(),
+        seen=look.rows,
         finite=finite,
         passed=finite & (error <= params.energy_threshold),
         loss=losses.mean(),
@@ -68,7 +71,12 @@ def gated_step(policy: LearnedPolicy, state: State, history: History, params: Pa
 def _band(error: torch.Tensor, params: Params) -> torch.Tensor:
     training = params.training
     return band_loss(
-        error, params.energy_threshold, training.band_lower, training.band_upper, training.below_band_weight
+        error,
+        params.energy_threshold,
+        training.band_lower,
+        training.band_upper,
+        training.below_band_weight,
+        training.failure_weight,
     )
 
 

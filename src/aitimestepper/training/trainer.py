@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import torch
 
 from aitimestepper.checkpoint import model_payload, read_checkpoint, save_checkpoint
 from aitimestepper.config import Params
-from aitimestepper.features import compute_features
+from aitimestepper.features import compute_features, snapshot, snapshot_width
 from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy, build_network
 from aitimestepper.physics.integrator import leapfrog_step
@@ -111,6 +112,8 @@ def train(
         logger.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
     for epoch in range(start_epoch + 1, params.epochs + 1):
         epoch_started = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(params, epoch)
         network.train()
         part1 = collector.collect(policy, optimizer, buffer).values
         part2 = replay(policy, optimizer, buffer, params, generator)
@@ -122,6 +125,7 @@ def train(
             **{f"validation/{k}": v for k, v in validation.items()},
             "loss": part2["loss_mean"],
             "buffer_size": float(len(buffer)),
+            "learning_rate": learning_rate(params, epoch),
             "epoch_time_s": time.perf_counter() - epoch_started,
         }
         history.append(metrics)
@@ -157,14 +161,26 @@ def train(
     )
 
 
+def learning_rate(params: Params, epoch: int) -> float:
+    """The learning rate of ``epoch`` (1-based): ``training.learning_rate`` at the first epoch,
+    falling on a half cosine to ``training.learning_rate_final`` at the last (constant when that
+    is null). A pure function of the epoch, so a resumed run follows the same schedule."""
+    first, last = params.training.learning_rate, params.training.learning_rate_final
+    if last is None or params.epochs == 1:
+        return first
+    progress = (epoch - 1) / (params.epochs - 1)
+    return last + 0.5 * (first - last) * (1.0 + math.cos(math.pi * progress))
+
+
 def _normalization_features(params: Params, sampler: SystemSampler) -> torch.Tensor:
     """Features of freshly drawn systems after ``history_len + 4`` small steps (full windows)."""
     state, _ = sampler.draw(_NORMALIZATION_SAMPLES)
-    history = History.empty(state, params.features.history_len)
+    family = params.features.family
+    history = History.empty(state.batch_size, params.features.history_len, snapshot_width(family))
     for _ in range(params.features.history_len + 4):
-        history = history.push(state)
+        history = history.push(snapshot(state, family).rows)
         state = leapfrog_step(state, params.model.initial_dt_fraction * state.free_fall_time())
-    return compute_features(state, history, params.features.family)
+    return compute_features(state, history, family)
 
 
 def _resumable_contract(contract: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Validation orbits: choose which snapshot of the oscillating training to keep."""
+"""Validation orbits: choose which snapshot of the oscillating training to keep.
+
+The validation binaries are disjoint from the held-out evaluation suite (e in {0.5, 0.9, 0.99},
+apocenter and pericenter starts): model selection never sees a system it is then scored on.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ from aitimestepper.physics.initial_conditions import KeplerElements, kepler_bina
 from aitimestepper.policies import TimeStepPolicy
 from aitimestepper.rollout import rollout
 
-VALIDATION_ECCENTRICITIES = (0.5, 0.9, 0.99)
+VALIDATION_ECCENTRICITIES = (0.6, 0.8, 0.95, 0.985)
+#: start phases (mean anomaly): apocenter, pericenter, and a quarter period out, where a policy with a
+#: history window starts on padded features in the middle of a fast change
+VALIDATION_PHASES = (math.pi, 0.0, 0.5 * math.pi)
 #: pass rates at or above this count as equal, so fewer steps decide between them
 PASS_RATE_TARGET = 0.999
 #: a policy needing more steps than this per period is not worth finishing the orbit for
@@ -19,9 +26,10 @@ _MAX_STEPS_PER_PERIOD = 5000
 
 
 def validation_binaries(params: Params) -> KeplerElements:
-    """Equal-mass a = 1 binaries, e in {0.5, 0.9, 0.99}, started at apocenter and pericenter."""
-    e = torch.tensor(VALIDATION_ECCENTRICITIES * 2, dtype=torch.float64)
-    phase = torch.tensor([math.pi] * 3 + [0.0] * 3, dtype=torch.float64)
+    """Equal-mass a = 1 binaries: every eccentricity of ``VALIDATION_ECCENTRICITIES`` at every
+    start phase of ``VALIDATION_PHASES``."""
+    e = torch.tensor(VALIDATION_ECCENTRICITIES * len(VALIDATION_PHASES), dtype=torch.float64)
+    phase = torch.tensor(VALIDATION_PHASES, dtype=torch.float64).repeat_interleave(len(VALIDATION_ECCENTRICITIES))
     ones = torch.ones_like(e)
     return KeplerElements(e, ones, ones * params.initial_conditions.total_mass, ones, phase)
 
