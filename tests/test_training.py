@@ -101,7 +101,7 @@ def synthetic_buffer(params, count=512):
     )
     state = kepler_binary(elements)
     buffer = ReplayBuffer(count, 0.0)
-    buffer.add(state, History.empty(state.batch_size, 0, 4))
+    buffer.add(state, History.empty(state.batch_size, 0, 2))
     return buffer
 
 
@@ -193,7 +193,7 @@ def test_non_finite_steps_never_reach_the_weights():
     network = policy.network
     with torch.no_grad():  # make the untrained network output exactly dt = 0.5 for both systems
         network.layers[-1].bias.fill_(math.log(fraction[1].item()))
-    outcome = gated_step(policy, state, History.empty(state.batch_size, 0, 4), params)
+    outcome = gated_step(policy, state, History.empty(state.batch_size, 0, 2), params)
     assert outcome.finite.tolist() == [True, False]
     assert torch.isfinite(outcome.loss)
     before = [p.detach().clone() for p in network.parameters()]
@@ -210,6 +210,23 @@ def test_training_is_deterministic(tmp_path):
     for a, b in zip(
         first.policy.network.state_dict().values(), second.policy.network.state_dict().values(), strict=True
     ):
+        assert torch.equal(a, b)
+
+
+def test_training_does_not_depend_on_the_core_count(tmp_path):
+    # wide enough that torch would split elementwise ops and sums across threads
+    params = tiny_params(**{"model.hidden_sizes": [64, 64], "training.replay_batch_size": 1024})
+    ambient = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = train(params, tmp_path / "two")
+        assert torch.get_num_threads() == 2  # restored after training
+        torch.set_num_threads(1)
+        one = train(params, tmp_path / "one")
+    finally:
+        torch.set_num_threads(ambient)
+    assert untimed(one.history) == untimed(two.history)
+    for a, b in zip(one.policy.network.state_dict().values(), two.policy.network.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

@@ -68,11 +68,11 @@ class Snapshot:
 
 
 def snapshot_width(family: str) -> int:
-    """Quantities Q per snapshot of ``family``: the family's own plus log r and log v of the
-    critical pair (for ``delta_mag``)."""
+    """Quantities Q per snapshot of ``family``: 2 for ``basic``, 6 for ``rich``, and for
+    ``delta_mag`` the 2 of ``basic`` plus log r and log v of the critical pair."""
     if family not in FEATURE_FAMILIES:
         raise ValueError(f"unknown feature family {family!r}; choose one of {FEATURE_FAMILIES}")
-    return _PER_SNAPSHOT.get(family, _PER_SNAPSHOT["basic"]) + 2
+    return _PER_SNAPSHOT.get(family, _PER_SNAPSHOT["basic"] + 2)
 
 
 def snapshot(state: State, family: FeatureFamily) -> Snapshot:
@@ -83,7 +83,12 @@ def snapshot(state: State, family: FeatureFamily) -> Snapshot:
     with torch.no_grad():
         state = state.detach()
         rows, free_fall = _snapshot_quantities(
-            state.positions, state.velocities, state.masses, state.softening, rich=family == "rich"
+            state.positions,
+            state.velocities,
+            state.masses,
+            state.softening,
+            rich=family == "rich",
+            scales=family == "delta_mag",
         )
     return Snapshot(rows, free_fall)
 
@@ -127,22 +132,24 @@ def compute_features(state: State, history: History, family: FeatureFamily) -> T
 
 
 def _snapshot_quantities(
-    positions: Tensor, velocities: Tensor, masses: Tensor, softening: float, rich: bool
+    positions: Tensor, velocities: Tensor, masses: Tensor, softening: float, rich: bool, scales: bool
 ) -> tuple[Tensor, Tensor]:
-    """Per-snapshot quantities, shape (M, 4) or (M, 8) with ``rich``, and the shortest
-    free-fall time of each snapshot (M,).
+    """Per-snapshot quantities, shape (M, 2), (M, 6) with ``rich`` or (M, 4) with ``scales``,
+    and the shortest free-fall time of each snapshot (M,).
 
     Columns: log k and cos phi of the critical pair; with ``rich`` then its eccentricity and
-    log mass ratio, log(min / mean free-fall time) and log virial ratio; last, log r and log v of
+    log mass ratio, log(min / mean free-fall time) and log virial ratio; with ``scales`` log r and log v of
     the critical pair (not scale-free: only their differences over time are used). One pairwise
     pass over positions finds the critical pair; everything else is per pair.
     """
     separations = gravity.pair_separations(positions)  # (M, D, N, N)
     square = gravity.softened_square_distances(separations, softening)  # (M, N, N), inf on diagonal
     pair_mass_matrix = masses.unsqueeze(-1) + masses.unsqueeze(-2)
-    free_fall_squared = square.pow(1.5) / (gravity.GRAVITATIONAL_CONSTANT * pair_mass_matrix)
+    # r**3 / (m_i + m_j) = G t_ff**2, with r**3 as r**2 sqrt(r**2) (cheaper than pow(1.5))
+    scaled_free_fall_squared = square * square.sqrt() / pair_mass_matrix
     n_bodies = positions.shape[1]
-    shortest_squared, critical = free_fall_squared.flatten(1).min(dim=1)
+    shortest_scaled, critical = scaled_free_fall_squared.flatten(1).min(dim=1)
+    shortest_squared = shortest_scaled / gravity.GRAVITATIONAL_CONSTANT
     rows = torch.arange(positions.shape[0], device=positions.device)
     pair = torch.stack([critical // n_bodies, critical % n_bodies], dim=1)  # (M, 2): bodies i, j
     r_vec = separations.flatten(2)[rows, :, critical]  # (M, D): x_j - x_i
@@ -165,14 +172,15 @@ def _snapshot_quantities(
         eccentricity = eccentricity_vector.norm(dim=-1)
         small, large = masses[rows.unsqueeze(1), pair].aminmax(dim=1)
         off_diagonal = ~torch.eye(n_bodies, dtype=torch.bool, device=positions.device)
-        mean_free_fall = free_fall_squared[:, off_diagonal].sqrt().mean(dim=1)
+        mean_free_fall = (scaled_free_fall_squared[:, off_diagonal] / gravity.GRAVITATIONAL_CONSTANT).sqrt().mean(dim=1)
         columns += [
             eccentricity,
             (small / large).log(),
             (shortest_squared.sqrt() / mean_free_fall).log(),
             (_virial_ratio(positions, velocities, masses, softening) + _LOG_FLOOR).log(),
         ]
-    columns += [distance.clamp_min(_TINY).log(), speed.clamp_min(_TINY).log()]
+    if scales:
+        columns += [distance.clamp_min(_TINY).log(), speed.clamp_min(_TINY).log()]
     return torch.stack(columns, dim=1), shortest_squared.sqrt()
 
 

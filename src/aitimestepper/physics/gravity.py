@@ -112,7 +112,7 @@ def free_fall_times(positions: Tensor, masses: Tensor, softening: float = 0.0) -
     """
     square = softened_square_distances(pair_separations(positions), softening)
     pair_mass = masses.unsqueeze(-1) + masses.unsqueeze(-2)
-    return (square.pow(1.5) / (GRAVITATIONAL_CONSTANT * pair_mass)).sqrt()
+    return (square * square.sqrt() / pair_mass / GRAVITATIONAL_CONSTANT).sqrt()
 
 
 def min_free_fall_time(positions: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:

@@ -15,7 +15,7 @@ from aitimestepper.physics.initial_conditions import KeplerElements, kepler_bina
 from aitimestepper.policies import TimeStepPolicy
 from aitimestepper.rollout import rollout
 
-VALIDATION_ECCENTRICITIES = (0.6, 0.8, 0.95, 0.985)
+VALIDATION_ECCENTRICITIES = (0.4, 0.7, 0.85, 0.95, 0.985, 0.993)
 #: start phases (mean anomaly): apocenter, pericenter, and a quarter period out, where a policy with a
 #: history window starts on padded features in the middle of a fast change
 VALIDATION_PHASES = (math.pi, 0.0, 0.5 * math.pi)
