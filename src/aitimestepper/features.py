@@ -145,11 +145,9 @@ def _snapshot_quantities(
     separations = gravity.pair_separations(positions)  # (M, D, N, N)
     square = gravity.softened_square_distances(separations, softening)  # (M, N, N), inf on diagonal
     pair_mass_matrix = masses.unsqueeze(-1) + masses.unsqueeze(-2)
-    # r**3 / (m_i + m_j) = G t_ff**2, with r**3 as r**2 sqrt(r**2) (cheaper than pow(1.5))
-    scaled_free_fall_squared = square * square.sqrt() / pair_mass_matrix
+    free_fall_squared = gravity.free_fall_squared(square, pair_mass_matrix)
     n_bodies = positions.shape[1]
-    shortest_scaled, critical = scaled_free_fall_squared.flatten(1).min(dim=1)
-    shortest_squared = shortest_scaled / gravity.GRAVITATIONAL_CONSTANT
+    shortest_squared, critical = free_fall_squared.flatten(1).min(dim=1)
     rows = torch.arange(positions.shape[0], device=positions.device)
     pair = torch.stack([critical // n_bodies, critical % n_bodies], dim=1)  # (M, 2): bodies i, j
     r_vec = separations.flatten(2)[rows, :, critical]  # (M, D): x_j - x_i
@@ -172,7 +170,7 @@ def _snapshot_quantities(
         eccentricity = eccentricity_vector.norm(dim=-1)
         small, large = masses[rows.unsqueeze(1), pair].aminmax(dim=1)
         off_diagonal = ~torch.eye(n_bodies, dtype=torch.bool, device=positions.device)
-        mean_free_fall = (scaled_free_fall_squared[:, off_diagonal] / gravity.GRAVITATIONAL_CONSTANT).sqrt().mean(dim=1)
+        mean_free_fall = free_fall_squared[:, off_diagonal].sqrt().mean(dim=1)
         columns += [
             eccentricity,
             (small / large).log(),

@@ -77,9 +77,9 @@ class Collector:
                 warmup_discarded += int((passed & history.warming_up()).sum())
                 buffer.add(state.select(keep), history.select(keep))
                 accepted_errors.append(outcome.error[passed])
-                accepted_fractions.append(outcome.dt[passed] / state.free_fall_time()[passed])
+                accepted_fractions.append(outcome.dt[passed] / outcome.seen.free_fall_time[passed])
                 rows = active[passed]
-                self.history = self.history.replace_rows(rows, history.select(passed).push(outcome.seen[passed]))
+                self.history = self.history.replace_rows(rows, history.select(passed).push(outcome.seen.rows[passed]))
                 self.state = self.state.replace_rows(rows, outcome.after.select(passed))
                 accepted[rows] += 1
             redrawn += self._redraw_finished()

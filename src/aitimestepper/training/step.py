@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from aitimestepper.config import Params
+from aitimestepper.features import Snapshot
 from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.integrator import step_energy_error
@@ -23,7 +24,8 @@ class GatedStep:
         dt: (B,) steps taken (detached).
         error: (B,) relative energy errors (detached; inf where non-finite).
         after: the states after the step (detached).
-        seen: (B, Q) snapshot rows of the states before the step (for their history windows).
+        seen: the snapshot of the states before the step (rows for their history windows,
+            free-fall times).
         finite: (B,) bool, the step produced finite values.
         passed: (B,) bool, finite and error <= energy_threshold.
         loss: scalar mean loss over the batch, differentiable with respect to the network;
@@ -34,7 +36,7 @@ class GatedStep:
     dt: Tensor
     error: Tensor
     after: State
-    seen: Tensor
+    seen: Snapshot
     finite: Tensor
     passed: Tensor
     loss: Tensor
@@ -61,7 +63,7 @@ def gated_step(policy: LearnedPolicy, state: State, history: History, params: Pa
         dt=dt.detach(),
         error=error,
         after=after.detach(),
-        seen=look.rows,
+        seen=look,
         finite=finite,
         passed=finite & (error <= params.energy_threshold),
         loss=losses.mean(),

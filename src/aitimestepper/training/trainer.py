@@ -131,8 +131,9 @@ def _train(
         logger.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
     for epoch in range(start_epoch + 1, params.epochs + 1):
         epoch_started = time.perf_counter()
+        rate = learning_rate(params, epoch)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(params, epoch)
+            group["lr"] = rate
         network.train()
         part1 = collector.collect(policy, optimizer, buffer).values
         part2 = replay(policy, optimizer, buffer, params, generator)
@@ -144,7 +145,7 @@ def _train(
             **{f"validation/{k}": v for k, v in validation.items()},
             "loss": part2["loss_mean"],
             "buffer_size": float(len(buffer)),
-            "learning_rate": learning_rate(params, epoch),
+            "learning_rate": rate,
             "epoch_time_s": time.perf_counter() - epoch_started,
         }
         history.append(metrics)
