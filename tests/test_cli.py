@@ -81,3 +81,13 @@ def test_help_lists_the_commands(tmp_path):
     done = aits("--help", cwd=tmp_path)
     assert done.returncode == 0
     assert all(command in done.stdout for command in ("simulate", "params", "train"))
+
+
+def test_energy_threshold_outside_zero_one_exits_2_and_writes_nothing(tmp_path):
+    small_params(tmp_path)
+    done = aits(
+        "simulate", "--model", "free_fall", "--energy-threshold", "1.5", "--output", "out/sim.json", cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert "--energy-threshold must be in (0, 1), got 1.5" in done.stderr
+    assert not (tmp_path / "out").exists()

@@ -34,7 +34,9 @@ def register(checkpoint) -> str:
 
 
 def requests_frame() -> pd.DataFrame:
-    example = example_request()
+    """The example binary at 2e-4, a three-body system, the binary at the model's default
+    threshold (no value given) and at an eighth of 2e-4."""
+    example = example_request(2e-4)
     second = example.iloc[0].to_dict()
     second.update(
         masses=[1.0, 0.2, 0.3],
@@ -42,7 +44,9 @@ def requests_frame() -> pd.DataFrame:
         velocities=[[0.0, 0.0], [0.0, 1.0], [0.1, -0.7]],
         duration=1.0,
     )
-    return pd.concat([example, pd.DataFrame([second])], ignore_index=True)
+    default = {**example.iloc[0].to_dict(), "energy_threshold": float("nan")}
+    strict = {**example.iloc[0].to_dict(), "energy_threshold": 2.5e-5}
+    return pd.concat([example, pd.DataFrame([second, default, strict])], ignore_index=True)
 
 
 def test_pyfunc_round_trip_through_the_registry_by_alias(store, tiny_checkpoint):
@@ -55,12 +59,15 @@ def test_pyfunc_round_trip_through_the_registry_by_alias(store, tiny_checkpoint)
     expected = simulate_requests(policy, parse_requests(frame), policy.params.energy_threshold)
     pd.testing.assert_frame_equal(answer, expected, check_exact=True)
     assert answer["reached_end"].all() and (answer["steps"] > 0).all()
+    assert answer["energy_threshold"].tolist() == [2e-4, 2e-4, policy.params.energy_threshold, 2.5e-5]
+    # the same binary at an eighth of the threshold: about twice the steps (dt ~ threshold^(1/3))
+    assert 1.6 < answer["steps"][3] / answer["steps"][0] < 2.5
 
 
 def test_pyfunc_refuses_malformed_requests(store, tiny_checkpoint):
     version = register(tiny_checkpoint)
     served = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
-    bad = example_request()
+    bad = example_request(2e-4)
     bad.at[0, "masses"] = [1.0, -1.0]
     with pytest.raises(mlflow.exceptions.MlflowException, match="every mass must be finite and > 0"):
         served.predict(bad)

@@ -85,27 +85,36 @@ def split(frame) -> dict:
 
 
 def test_served_model_answers_and_refuses_malformed_requests(server):
-    answer = post(server, split(example_request()))
+    answer = post(server, split(example_request(2e-4)))
     assert answer.status_code == 200, answer.text
     [row] = answer.json()["predictions"]
     assert row["reached_end"] and row["steps"] > 10 and row["gate_pass_rate"] > 0.5
     assert abs(row["time"] - 2 * 3.141592653589793) < 1e-9
 
-    bad_mass = example_request()
+    bad_mass = example_request(2e-4)
     bad_mass.at[0, "masses"] = [1.0, -1.0]
     refused = post(server, split(bad_mass))
     assert refused.status_code == 400 and "every mass must be finite and > 0" in refused.text
 
-    ragged = example_request()
+    ragged = example_request(2e-4)
     ragged.at[0, "positions"] = [[0.0, 0.0], [1.0]]
     assert post(server, split(ragged)).status_code == 400
 
-    missing = example_request().drop(columns=["duration"])
+    missing = example_request(2e-4).drop(columns=["duration"])
     assert post(server, split(missing)).status_code == 400
 
-    too_long = example_request()
+    too_long = example_request(2e-4)
     too_long.at[0, "max_steps"] = 10**9
     assert post(server, split(too_long)).status_code == 400
 
+    wrong_threshold = example_request(2e-4)
+    wrong_threshold.at[0, "energy_threshold"] = 2.0
+    refused = post(server, split(wrong_threshold))
+    assert refused.status_code == 400 and "energy_threshold" in refused.text
+
+    without_threshold = post(server, split(example_request(2e-4).drop(columns=["energy_threshold"])))
+    assert without_threshold.status_code == 200, without_threshold.text
+    assert without_threshold.json()["predictions"][0]["energy_threshold"] > 0  # the model's own
+
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200  # still serving
-    assert post(server, split(example_request())).status_code == 200
+    assert post(server, split(example_request(2e-4))).status_code == 200

@@ -96,14 +96,15 @@ def replay_speedup(policy: LearnedPolicy, params: Params, batch: int = 512) -> d
 
     state = _systems(batch, 2)
     history = policy.new_history(state)
+    thresholds = torch.full((batch,), params.energy_threshold, dtype=torch.float64)
 
     def batched():
-        gated_step(policy, state, history, params).loss.backward()
+        gated_step(policy, state, history, thresholds, params).loss.backward()
 
     def per_sample():
         for k in range(batch):
             index = torch.tensor([k])
-            gated_step(policy, state.select(index), history.select(index), params).loss.backward()
+            gated_step(policy, state.select(index), history.select(index), thresholds[index], params).loss.backward()
 
     batched_time = _timed(batched)
     looped_time = _timed(per_sample, repeats=1)

@@ -98,6 +98,13 @@ def train_command(params_path: Path, models_dir: Path, metrics_path: Path, resum
 )
 @click.option("--duration", type=float, default=None, help="Duration in time units (instead of --periods).")
 @click.option("--gated", is_flag=True, help="Reject steps above the threshold and retry them with half the step.")
+@click.option(
+    "--energy-threshold",
+    type=float,
+    default=None,
+    help="Gate (and, for a learned model, the threshold its steps aim at) "
+    "[default: the model's energy_threshold, else the params'].",
+)
 @click.option("--output", type=click.Path(path_type=Path), default=Path("metrics/simulate.json"), show_default=True)
 @click.option(
     "--trajectory", type=click.Path(path_type=Path), default=Path("results/simulate/trajectory.npz"), show_default=True
@@ -110,6 +117,7 @@ def simulate_command(
     periods: float | None,
     duration: float | None,
     gated: bool,
+    energy_threshold: float | None,
     output: Path,
     trajectory: Path,
     plots_dir: Path,
@@ -123,12 +131,21 @@ def simulate_command(
     for name, value in (("--periods", periods), ("--duration", duration)):
         if value is not None and not value > 0:
             raise click.UsageError(f"{name} must be > 0, got {value}")
+    if energy_threshold is not None and not 0 < energy_threshold < 1:
+        raise click.UsageError(f"--energy-threshold must be in (0, 1), got {energy_threshold}")
     if source is None:
         source = "models/model.pt" if params.simulation.policy == "learned" else params.simulation.policy
     with tqdm(desc=f"simulate ({source})", unit="step", file=sys.stderr, disable=None) as bar:
         try:
             metrics, result = simulate_from_params(
-                params, source, ics=ics, periods=periods, duration=duration, gated=gated, progress=bar.update
+                params,
+                source,
+                ics=ics,
+                periods=periods,
+                duration=duration,
+                gated=gated,
+                energy_threshold=energy_threshold,
+                progress=bar.update,
             )
         except ValueError as error:
             raise click.UsageError(str(error)) from None

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from aitimestepper.features import feature_dim
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -146,6 +146,15 @@ class TrainingParams(Section):
     failure_weight: float = Field(
         0.0, ge=0.0, le=1000.0, description="Slope of the extra loss on a step over the threshold, per unit log excess."
     )
+    threshold_factor_min: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Training thresholds are drawn log-uniformly per system from [min, max] x energy_threshold.",
+    )
+    threshold_factor_max: float = Field(
+        1.0, ge=1.0, le=100.0, description="Upper end of the training thresholds, as a factor of energy_threshold."
+    )
     replay_batch_size: int = Field(512, ge=1, le=1_000_000, description="Part 2 minibatch size.")
     replay_steps: int = Field(200, ge=1, le=1_000_000, description="Cap on Part 2 iterations per epoch.")
     replay_min_steps: int = Field(
@@ -263,6 +272,15 @@ class Params(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Explicit arguments first, then ``params.yaml``; never the environment."""
         return init_settings, YamlConfigSettingsSource(settings_cls)
+
+    @model_validator(mode="after")
+    def _training_thresholds_below_one(self) -> Params:
+        largest = self.energy_threshold * self.training.threshold_factor_max
+        if not largest < 1.0:
+            raise ValueError(
+                f"energy_threshold x training.threshold_factor_max = {largest:g} must be < 1 (a relative energy error)"
+            )
+        return self
 
     @property
     def feature_dim(self) -> int:

@@ -48,6 +48,8 @@ SCALES = ((10.0, 100.0), (0.01, 100.0))
 #: the fixed-dt rule needs ~1e5 steps per orbit on the eccentric systems; its pass rate is
 #: measured on at most this many steps (its cost per orbit is exact regardless)
 _FIXED_MAX_STEPS = 5_000
+#: floor of the oracle's accumulated error in the energy-error ratio (an exactly conserving run)
+_TINY_ERROR = 1e-300
 
 
 @dataclass(frozen=True)
@@ -409,12 +411,17 @@ def _scale_transfer(families: dict[str, Any]) -> dict[str, float]:
 
 
 def _family_report(family: Family, results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    oracle = [row["force_evaluations_per_orbit"] for row in results["oracle"]]
+    oracle = results["oracle"]
     systems = []
     for k, label in enumerate(family.labels):
         entry = dict(label)
         for name, rows in results.items():
-            entry[name] = {**rows[k], "ratio_to_oracle": rows[k]["force_evaluations_per_orbit"] / oracle[k]}
+            entry[name] = {
+                **rows[k],
+                "ratio_to_oracle": rows[k]["force_evaluations_per_orbit"] / oracle[k]["force_evaluations_per_orbit"],
+                "energy_error_ratio_to_oracle": rows[k]["max_energy_error"]
+                / max(oracle[k]["max_energy_error"], _TINY_ERROR),
+            }
         systems.append(entry)
     summary = {name: _policy_summary([s[name] for s in systems]) for name in results}
     return {"summary": summary, "systems": systems}
@@ -427,6 +434,8 @@ def _policy_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
         "mean_force_evaluations_per_orbit": statistics.fmean(r["force_evaluations_per_orbit"] for r in rows),
         "median_ratio_to_oracle": statistics.median(r["ratio_to_oracle"] for r in rows),
         "max_energy_error": max(r["max_energy_error"] for r in rows),
+        "median_energy_error_ratio_to_oracle": statistics.median(r["energy_error_ratio_to_oracle"] for r in rows),
+        "share_energy_error_within_oracle": statistics.fmean(r["energy_error_ratio_to_oracle"] <= 1.0 for r in rows),
         "all_reached_end": float(all(r["reached_end"] for r in rows)),
     }
     if "phase_error" in rows[0]:

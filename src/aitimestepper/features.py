@@ -146,15 +146,14 @@ def _snapshot_quantities(
     square = gravity.softened_square_distances(separations, softening)  # (M, N, N), inf on diagonal
     pair_mass_matrix = masses.unsqueeze(-1) + masses.unsqueeze(-2)
     free_fall_squared = gravity.free_fall_squared(square, pair_mass_matrix)
-    n_bodies = positions.shape[1]
-    shortest_squared, critical = free_fall_squared.flatten(1).min(dim=1)
-    rows = torch.arange(positions.shape[0], device=positions.device)
-    pair = torch.stack([critical // n_bodies, critical % n_bodies], dim=1)  # (M, 2): bodies i, j
-    r_vec = separations.flatten(2)[rows, :, critical]  # (M, D): x_j - x_i
-    pair_velocities = velocities[rows.unsqueeze(1), pair]  # (M, 2, D)
+    count, dim, n_bodies = separations.shape[:3]
+    shortest_squared, critical = free_fall_squared.flatten(1).min(dim=1, keepdim=True)  # (M, 1): pair i * N + j
+    pair = torch.cat([critical // n_bodies, critical % n_bodies], dim=1)  # (M, 2): bodies i, j
+    r_vec = separations.flatten(2).gather(2, critical.unsqueeze(1).expand(count, dim, 1)).squeeze(2)  # x_j - x_i
+    pair_velocities = velocities.gather(1, pair.unsqueeze(-1).expand(count, 2, dim))  # (M, 2, D)
     v_vec = pair_velocities[:, 1] - pair_velocities[:, 0]
-    pair_mass = pair_mass_matrix.flatten(1)[rows, critical]
-    distance = square.flatten(1)[rows, critical].sqrt()
+    pair_mass = pair_mass_matrix.flatten(1).gather(1, critical).squeeze(1)
+    distance = square.flatten(1).gather(1, critical).squeeze(1).sqrt()
     bare_distance = r_vec.norm(dim=-1)
     speed = v_vec.norm(dim=-1)
     gm = gravity.GRAVITATIONAL_CONSTANT * pair_mass
@@ -168,18 +167,18 @@ def _snapshot_quantities(
             (speed.square() - gm / bare_distance.clamp_min(_TINY)).unsqueeze(-1) * r_vec - radial.unsqueeze(-1) * v_vec
         ) / gm.unsqueeze(-1)
         eccentricity = eccentricity_vector.norm(dim=-1)
-        small, large = masses[rows.unsqueeze(1), pair].aminmax(dim=1)
+        small, large = masses.gather(1, pair).aminmax(dim=1)
         off_diagonal = ~torch.eye(n_bodies, dtype=torch.bool, device=positions.device)
         mean_free_fall = free_fall_squared[:, off_diagonal].sqrt().mean(dim=1)
         columns += [
             eccentricity,
             (small / large).log(),
-            (shortest_squared.sqrt() / mean_free_fall).log(),
+            (shortest_squared.squeeze(1).sqrt() / mean_free_fall).log(),
             (_virial_ratio(positions, velocities, masses, softening) + _LOG_FLOOR).log(),
         ]
     if scales:
         columns += [distance.clamp_min(_TINY).log(), speed.clamp_min(_TINY).log()]
-    return torch.stack(columns, dim=1), shortest_squared.sqrt()
+    return torch.stack(columns, dim=1), shortest_squared.squeeze(1).sqrt()
 
 
 def _virial_ratio(positions: Tensor, velocities: Tensor, masses: Tensor, softening: float) -> Tensor:

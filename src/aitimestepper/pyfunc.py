@@ -13,7 +13,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, Schema
 
 CHECKPOINT_ARTIFACT = "checkpoint"
-OPTIONAL_INPUTS = ("softening", "max_steps")
+OPTIONAL_INPUTS = ("softening", "max_steps", "energy_threshold")
 
 
 class SimulationModel(PythonModel):
@@ -43,8 +43,8 @@ def log_simulation_model(checkpoint: Path, name: str = "model", registered_model
     from aitimestepper.checkpoint import load_policy
     from aitimestepper.serving import example_request, parse_requests, simulate_requests
 
-    example = example_request()
     policy = load_policy(checkpoint)
+    example = example_request(policy.params.energy_threshold)
     output = simulate_requests(policy, parse_requests(example), policy.params.energy_threshold)
     return mlflow.pyfunc.log_model(
         name=name,

@@ -79,7 +79,7 @@ def rollout(
     policy: TimeStepPolicy,
     end_time: Tensor,
     *,
-    energy_threshold: float,
+    energy_threshold: float | Tensor,
     max_steps: int,
     step_caps: Tensor | None = None,
     gated: bool = False,
@@ -96,7 +96,7 @@ def rollout(
         state: B systems at their start.
         policy: proposes one dt per system per step.
         end_time: (B,) end time of each system (time units).
-        energy_threshold: the per-step gate.
+        energy_threshold: the per-step gate, one for all systems or (B,), one per system.
         max_steps: hard cap on steps per system.
         step_caps: optional (B,) per-system caps (each <= ``max_steps``).
         gated: reject a step whose relative energy error exceeds the threshold (or that is not

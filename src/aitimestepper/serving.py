@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.state import DTYPE, State
 from aitimestepper.policies import TimeStepPolicy
 from aitimestepper.rollout import rollout
@@ -34,6 +35,7 @@ from aitimestepper.rollout import rollout
 MAX_BODIES = 64
 MAX_STEPS = 100_000
 OUTPUT_COLUMNS = (
+    "energy_threshold",
     "steps",
     "gate_pass_rate",
     "max_energy_error",
@@ -64,6 +66,7 @@ class SystemRequest(BaseModel):
     duration: float = Field(gt=0.0)
     softening: float = Field(0.0, ge=0.0)
     max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS)
+    energy_threshold: float | None = Field(None, gt=0.0, lt=1.0)
 
     @field_validator("masses")
     @classmethod
@@ -119,13 +122,20 @@ def parse_requests(frame: pd.DataFrame) -> list[SystemRequest]:
 
 
 def simulate_requests(policy: TimeStepPolicy, requests: list[SystemRequest], energy_threshold: float) -> pd.DataFrame:
-    """Integrate every requested system with ``policy``; one output row per request, in order."""
+    """Integrate every requested system with ``policy``; one output row per request, in order.
+
+    Each system is gated at its request's ``energy_threshold`` (default: ``energy_threshold``);
+    a learned policy aims its steps at it too.
+    """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, request in enumerate(requests):
         groups[(len(request.masses), len(request.positions[0]), request.softening)].append(index)
     rows: list[dict[str, Any] | None] = [None] * len(requests)
     for (_, _, softening), indices in groups.items():
         chosen = [requests[i] for i in indices]
+        thresholds = torch.tensor(
+            [energy_threshold if r.energy_threshold is None else r.energy_threshold for r in chosen], dtype=DTYPE
+        )
         state = State.from_arrays(
             torch.tensor([r.positions for r in chosen], dtype=DTYPE),
             torch.tensor([r.velocities for r in chosen], dtype=DTYPE),
@@ -134,15 +144,16 @@ def simulate_requests(policy: TimeStepPolicy, requests: list[SystemRequest], ene
         )
         result = rollout(
             state,
-            policy,
+            policy.at_threshold(thresholds) if isinstance(policy, LearnedPolicy) else policy,
             torch.tensor([r.duration for r in chosen], dtype=DTYPE),
-            energy_threshold=energy_threshold,
+            energy_threshold=thresholds,
             max_steps=max(r.max_steps for r in chosen),
             step_caps=torch.tensor([r.max_steps for r in chosen]),
         )
         steps = result.steps.double().clamp_min(1)
         for k, index in enumerate(indices):
             rows[index] = {
+                "energy_threshold": float(thresholds[k]),
                 "steps": int(result.steps[k]),
                 "gate_pass_rate": float(result.steps_passed[k] / steps[k]),
                 "max_energy_error": float(result.max_energy_error[k]),
@@ -159,8 +170,9 @@ def simulate_requests(policy: TimeStepPolicy, requests: list[SystemRequest], ene
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
 
 
-def example_request() -> pd.DataFrame:
-    """One equal-mass e = 0.5 binary at apocenter, for one period (2 pi): the input example."""
+def example_request(energy_threshold: float) -> pd.DataFrame:
+    """One equal-mass e = 0.5 binary at apocenter, for one period (2 pi), gated at
+    ``energy_threshold``: the input example."""
     speed = math.sqrt(0.5 / 1.5) / 2.0  # each body's speed: half the relative vis-viva speed
     return pd.DataFrame(
         [
@@ -171,6 +183,7 @@ def example_request() -> pd.DataFrame:
                 "duration": 2.0 * math.pi,
                 "softening": 0.0,
                 "max_steps": 10_000,
+                "energy_threshold": energy_threshold,
             }
         ]
     )

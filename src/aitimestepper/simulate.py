@@ -141,12 +141,18 @@ def simulate_from_params(
     periods: float | None = None,
     duration: float | None = None,
     gated: bool = False,
+    energy_threshold: float | None = None,
     record: bool = True,
     progress=None,
 ) -> tuple[dict[str, Any], Rollout]:
     """The simulation stage: systems from ``ics`` (or the params' binaries), for ``duration``
-    time units or ``periods`` periods (default ``simulation.duration_periods``)."""
+    time units or ``periods`` periods (default ``simulation.duration_periods``), gated (and, for
+    a learned model, aimed) at ``energy_threshold`` (default: :func:`threshold_of`)."""
     policy = load_any_policy(policy_source, params)
+    if energy_threshold is None:
+        energy_threshold = threshold_of(policy, params)
+    elif isinstance(policy, LearnedPolicy):
+        policy = policy.at_threshold(energy_threshold)
     if ics is not None:
         state = load_systems(ics)
         orbit = characteristic_period(state)
@@ -164,7 +170,7 @@ def simulate_from_params(
         policy,
         state,
         orbit,
-        energy_threshold=threshold_of(policy, params),
+        energy_threshold=energy_threshold,
         end_time=end_time,
         max_steps=params.simulation.max_steps,
         gated=gated,

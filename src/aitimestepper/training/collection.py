@@ -13,7 +13,7 @@ from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.state import State
 from aitimestepper.training.buffer import ReplayBuffer
-from aitimestepper.training.sampler import SystemSampler
+from aitimestepper.training.sampler import SystemSampler, draw_thresholds
 from aitimestepper.training.step import gated_step, optimizer_step
 
 
@@ -32,8 +32,9 @@ class Collector:
     """``num_orbits`` systems followed side by side; each epoch every one of them accepts
     ``steps_per_epoch`` steps, rejected systems driving optimizer steps and retrying the same state.
 
-    Systems that exhaust their orbit budget, become unbound (E >= 0) or non-finite are replaced
-    by fresh draws, so collection covers every orbital phase and many systems.
+    Each system is gated at its own threshold, drawn with it (:func:`draw_thresholds`). Systems
+    that exhaust their orbit budget, become unbound (E >= 0) or non-finite are replaced by fresh
+    draws, so collection covers every orbital phase and many systems.
     """
 
     def __init__(self, params: Params, sampler: SystemSampler) -> None:
@@ -41,6 +42,7 @@ class Collector:
         self.sampler = sampler
         self.state, period = sampler.draw(params.training.num_orbits)
         self.end_time = params.training.orbit_budget * period
+        self.energy_threshold = draw_thresholds(params, self.state.batch_size, sampler.generator)
         self.history = History.empty(
             self.state.batch_size, params.features.history_len, snapshot_width(params.features.family)
         )
@@ -58,7 +60,7 @@ class Collector:
         while bool((accepted < training.steps_per_epoch).any()):
             active = (accepted < training.steps_per_epoch).nonzero().squeeze(1)
             state, history = self.state.select(active), self.history.select(active)
-            outcome = gated_step(policy, state, history, params)
+            outcome = gated_step(policy, state, history, self.energy_threshold[active], params)
             attempts += active.numel()
             if not bool(outcome.passed.all()):
                 if training.max_retrain_steps is not None and retrain_steps >= training.max_retrain_steps:
@@ -76,7 +78,7 @@ class Collector:
                 keep = passed & ~history.warming_up()
                 warmup_discarded += int((passed & history.warming_up()).sum())
                 buffer.add(state.select(keep), history.select(keep))
-                accepted_errors.append(outcome.error[passed])
+                accepted_errors.append(outcome.error[passed] / self.energy_threshold[active][passed])
                 accepted_fractions.append(outcome.dt[passed] / outcome.seen.free_fall_time[passed])
                 rows = active[passed]
                 self.history = self.history.replace_rows(rows, history.select(passed).push(outcome.seen.rows[passed]))
@@ -94,8 +96,8 @@ class Collector:
                 "skipped_updates": float(skipped_updates),
                 "retrain_iterations_mean": float(needed.double().mean()) if needed.numel() else 0.0,
                 "retrain_iterations_max": float(retries.max()),
-                "energy_error_mean": float(errors.mean()),
-                "energy_error_max": float(errors.max()),
+                "error_over_threshold_mean": float(errors.mean()),
+                "error_over_threshold_max": float(errors.max()),
                 "dt_over_tff_mean": float(fractions.mean()),
                 "dt_over_tff_min": float(fractions.min()),
                 "dt_over_tff_max": float(fractions.max()),
@@ -113,6 +115,8 @@ class Collector:
             fresh, period = self.sampler.draw(count)
             self.state = self.state.replace_rows(rows, fresh)
             self.end_time = self.end_time.index_copy(0, rows, self.params.training.orbit_budget * period)
+            thresholds = draw_thresholds(self.params, count, self.sampler.generator)
+            self.energy_threshold = self.energy_threshold.index_copy(0, rows, thresholds)
             self.history = self.history.reset_where(finished)
         return count
 
@@ -126,6 +130,7 @@ class Collector:
             "accelerations": s.accelerations,
             "time": s.time,
             "end_time": self.end_time,
+            "energy_threshold": self.energy_threshold,
             "history_rows": h.rows,
             "filled": h.filled,
         }
@@ -140,4 +145,5 @@ class Collector:
             self.state.softening,
         )
         self.end_time = saved["end_time"]
+        self.energy_threshold = saved["energy_threshold"]
         self.history = History(saved["history_rows"], saved["filled"])

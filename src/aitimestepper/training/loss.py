@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -10,7 +12,7 @@ _FLOOR = 1e-300
 
 def band_loss(
     error: Tensor,
-    energy_threshold: float,
+    energy_threshold: float | Tensor,
     band_lower: float,
     band_upper: float,
     below_weight: float = 1.0,
@@ -28,7 +30,7 @@ def band_loss(
 
     Args:
         error: (B,) relative energy errors of one step each, finite, >= 0, differentiable.
-        energy_threshold: the gate, in (0, 1).
+        energy_threshold: the gate, in (0, 1): one for all samples or (B,), one per sample.
         band_lower, band_upper: band edges as fractions of the threshold, lower < upper <= 1.
         below_weight: weight of the below-band term. Below 1 the loss is asymmetric: a step
             that fails costs more than one that is too cautious, so a network that cannot
@@ -39,9 +41,9 @@ def band_loss(
         (B,) losses, >= 0.
     """
     log_error = (error + _FLOOR).log()
-    upper = torch.log(torch.tensor(band_upper * energy_threshold, dtype=error.dtype))
-    lower = torch.log(torch.tensor(band_lower * energy_threshold, dtype=error.dtype))
-    threshold = torch.log(torch.tensor(energy_threshold, dtype=error.dtype))
+    threshold = torch.as_tensor(energy_threshold, dtype=error.dtype).log()
+    upper = threshold + math.log(band_upper)
+    lower = threshold + math.log(band_lower)
     return (
         (log_error - upper).relu().square()
         + below_weight * (lower - log_error).relu().square()

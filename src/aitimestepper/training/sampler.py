@@ -26,6 +26,17 @@ def characteristic_period(state: State) -> Tensor:
     return 2.0 * math.pi * gravity.GRAVITATIONAL_CONSTANT * total**2.5 / (2.0 * energy) ** 1.5
 
 
+def draw_thresholds(params: Params, count: int, generator: torch.Generator) -> Tensor:
+    """(count,) float64 training thresholds, log-uniform in [threshold_factor_min,
+    threshold_factor_max] x ``energy_threshold`` (no draw when the range is a single value)."""
+    training = params.training
+    low, high = math.log(training.threshold_factor_min), math.log(training.threshold_factor_max)
+    if low == high:
+        return torch.full((count,), params.energy_threshold * training.threshold_factor_min, dtype=torch.float64)
+    uniform = torch.rand(count, generator=generator, dtype=torch.float64)
+    return params.energy_threshold * (low + (high - low) * uniform).exp()
+
+
 class SystemSampler:
     """Draws systems of the kind given by ``params.initial_conditions``.
 

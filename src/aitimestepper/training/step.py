@@ -27,7 +27,7 @@ class GatedStep:
         seen: the snapshot of the states before the step (rows for their history windows,
             free-fall times).
         finite: (B,) bool, the step produced finite values.
-        passed: (B,) bool, finite and error <= energy_threshold.
+        passed: (B,) bool, finite and error <= the system's threshold.
         loss: scalar mean loss over the batch, differentiable with respect to the network;
             finite by construction (non-finite systems only contribute a dt-halving term that
             does not pass through the physics).
@@ -42,19 +42,29 @@ class GatedStep:
     loss: Tensor
 
 
-def gated_step(policy: LearnedPolicy, state: State, history: History, params: Params) -> GatedStep:
-    """Predict dt for every system, take one leapfrog step, score it against the threshold."""
-    dt, look = policy.step_size(state, history)
+def gated_step(
+    policy: LearnedPolicy, state: State, history: History, energy_threshold: Tensor, params: Params
+) -> GatedStep:
+    """Predict dt for every system aimed at its threshold, take one leapfrog step, score the step
+    against that threshold.
+
+    Args:
+        policy: the learned policy being trained.
+        state, history: B systems and their snapshot windows.
+        energy_threshold: (B,) float64 threshold of each system.
+        params: the loss settings.
+    """
+    dt, look = policy.step_size(state, history, energy_threshold)
     after, error = step_energy_error(state, dt)
     finite = after.finite_mask() & error.isfinite()
     if bool(finite.all()):
-        losses = _band(error, params)
+        losses = _band(error, energy_threshold, params)
     else:  # redo the physics on the finite systems only, so no NaN enters the graph
         good = finite.nonzero().squeeze(1)
         _, good_error = step_energy_error(state.select(good), dt[good])
         losses = torch.cat(
             [
-                _band(good_error, params),
+                _band(good_error, energy_threshold[good], params),
                 shrink_loss(dt[~finite].log()),
             ]
         )
@@ -65,16 +75,16 @@ def gated_step(policy: LearnedPolicy, state: State, history: History, params: Pa
         after=after.detach(),
         seen=look,
         finite=finite,
-        passed=finite & (error <= params.energy_threshold),
+        passed=finite & (error <= energy_threshold),
         loss=losses.mean(),
     )
 
 
-def _band(error: torch.Tensor, params: Params) -> torch.Tensor:
+def _band(error: Tensor, energy_threshold: Tensor, params: Params) -> Tensor:
     training = params.training
     return band_loss(
         error,
-        params.energy_threshold,
+        energy_threshold,
         training.band_lower,
         training.band_upper,
         training.below_band_weight,

@@ -21,7 +21,7 @@ from aitimestepper.physics.integrator import leapfrog_step
 from aitimestepper.training.buffer import ReplayBuffer
 from aitimestepper.training.collection import Collector
 from aitimestepper.training.replay import replay
-from aitimestepper.training.sampler import SystemSampler
+from aitimestepper.training.sampler import SystemSampler, draw_thresholds
 from aitimestepper.training.validation import score, validate
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _train(
     network = build_network(params)
     policy = LearnedPolicy(network, params)
     sampler = SystemSampler(params, generator)
-    network.set_normalization(_normalization_features(params, sampler))
+    network.set_normalization(_normalization_inputs(params, sampler))
     optimizer = torch.optim.Adam(network.parameters(), lr=params.training.learning_rate)
     collector = Collector(params, sampler)
     buffer = ReplayBuffer(params.training.replay_capacity, params.physics.softening)
@@ -192,15 +192,18 @@ def learning_rate(params: Params, epoch: int) -> float:
     return last + 0.5 * (first - last) * (1.0 + math.cos(math.pi * progress))
 
 
-def _normalization_features(params: Params, sampler: SystemSampler) -> torch.Tensor:
-    """Features of freshly drawn systems after ``history_len + 4`` small steps (full windows)."""
+def _normalization_inputs(params: Params, sampler: SystemSampler) -> torch.Tensor:
+    """Network inputs of freshly drawn systems after ``history_len + 4`` small steps (full
+    windows): their features and log(threshold / energy_threshold) of drawn training thresholds."""
     state, _ = sampler.draw(_NORMALIZATION_SAMPLES)
+    thresholds = draw_thresholds(params, _NORMALIZATION_SAMPLES, sampler.generator)
     family = params.features.family
     history = History.empty(state.batch_size, params.features.history_len, snapshot_width(family))
     for _ in range(params.features.history_len + 4):
         history = history.push(snapshot(state, family).rows)
         state = leapfrog_step(state, params.model.initial_dt_fraction * state.free_fall_time())
-    return compute_features(state, history, family)
+    log_ratio = (thresholds / params.energy_threshold).log().unsqueeze(1)
+    return torch.cat([compute_features(state, history, family), log_ratio], dim=1)
 
 
 def _resumable_contract(contract: dict[str, Any]) -> dict[str, Any]:

@@ -11,8 +11,9 @@ import math
 import torch
 
 from aitimestepper.config import Params
+from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.initial_conditions import KeplerElements, kepler_binary
-from aitimestepper.policies import TimeStepPolicy
+from aitimestepper.physics.state import State
 from aitimestepper.rollout import rollout
 
 VALIDATION_ECCENTRICITIES = (0.4, 0.7, 0.85, 0.95, 0.985, 0.993)
@@ -34,25 +35,39 @@ def validation_binaries(params: Params) -> KeplerElements:
     return KeplerElements(e, ones, ones * params.initial_conditions.total_mass, ones, phase)
 
 
-def validate(policy: TimeStepPolicy, params: Params) -> dict[str, float]:
-    """Ungated rollout of the validation binaries for ``training.validation_periods`` periods.
+def validation_thresholds(params: Params) -> tuple[float, ...]:
+    """The thresholds a model is validated at: ``energy_threshold``, and the lowest training
+    threshold when the training range extends below it."""
+    lowest = params.energy_threshold * params.training.threshold_factor_min
+    return (params.energy_threshold,) if lowest == params.energy_threshold else (params.energy_threshold, lowest)
+
+
+def validate(policy: LearnedPolicy, params: Params) -> dict[str, float]:
+    """Ungated rollout of the validation binaries for ``training.validation_periods`` periods,
+    at every threshold of :func:`validation_thresholds` (one batch).
 
     Returns:
-        ``pass_rate`` (fraction of steps under the threshold), ``steps_per_orbit`` (mean),
-        ``max_energy_error``.
+        ``pass_rate`` (fraction of all steps under the threshold), ``worst_pass_rate`` (the
+        lowest fraction of one system: a few failing steps of a low-eccentricity orbit, which
+        takes few steps, hardly move the overall rate), ``steps_per_orbit`` (mean),
+        ``max_energy_error``, ``reached_end`` (fraction of systems).
     """
     elements = validation_binaries(params)
     periods = params.training.validation_periods
+    state = kepler_binary(elements, dim=params.physics.dim, softening=params.physics.softening)
+    levels = validation_thresholds(params)
+    thresholds = torch.tensor(levels, dtype=torch.float64).repeat_interleave(state.batch_size)
     result = rollout(
-        kepler_binary(elements, dim=params.physics.dim, softening=params.physics.softening),
-        policy,
-        periods * elements.period,
-        energy_threshold=params.energy_threshold,
+        State.concatenate([state] * len(levels)),
+        policy.at_threshold(thresholds),
+        (periods * elements.period).repeat(len(levels)),
+        energy_threshold=thresholds,
         max_steps=int(_MAX_STEPS_PER_PERIOD * periods),
     )
     steps = result.steps.double()
     return {
         "pass_rate": float(result.steps_passed.sum() / steps.sum().clamp_min(1)),
+        "worst_pass_rate": float((result.steps_passed / steps.clamp_min(1)).min()),
         "steps_per_orbit": float(steps.mean() / periods),
         "max_energy_error": float(result.max_energy_error.max()),
         "reached_end": float(result.reached_end.double().mean()),
@@ -60,6 +75,7 @@ def validate(policy: TimeStepPolicy, params: Params) -> dict[str, float]:
 
 
 def score(metrics: dict[str, float]) -> tuple[float, float]:
-    """Sort key, larger is better: pass rate (capped at the target), then fewer steps."""
+    """Sort key, larger is better: the worst system's pass rate (capped at the target), then
+    fewer steps."""
     reached = metrics["reached_end"] == 1.0
-    return (min(metrics["pass_rate"], PASS_RATE_TARGET) if reached else -1.0, -metrics["steps_per_orbit"])
+    return (min(metrics["worst_pass_rate"], PASS_RATE_TARGET) if reached else -1.0, -metrics["steps_per_orbit"])
