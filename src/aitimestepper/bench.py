@@ -32,7 +32,7 @@ from aitimestepper.rollout import rollout
 BATCH_SIZES = (1, 64, 1024)
 BODY_COUNTS = (2, 3, 8)
 STEPS = 40
-REPEATS = 5
+REPEATS = 15
 
 
 def _timed(work: Callable[[], Any], repeats: int = REPEATS) -> float:

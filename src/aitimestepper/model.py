@@ -122,13 +122,19 @@ class LearnedPolicy(TimeStepPolicy):
         Args:
             state: B systems.
             history: their snapshot windows.
-            energy_threshold: optional (B,) float64 threshold per system; default: the policy's.
+            energy_threshold: optional (B,) float64 threshold per system; default: the policy's
+                (a float for all systems, or (B,)).
         """
         look = snapshot(state, self.family)
         if energy_threshold is None:
-            energy_threshold = torch.as_tensor(self.energy_threshold, dtype=DTYPE).expand_as(look.free_fall_time)
-        log_ratio = (energy_threshold / self.params.energy_threshold).log()
-        inputs = torch.cat([assemble(look.rows, history, self.family), log_ratio.unsqueeze(1)], dim=1)
+            energy_threshold = self.energy_threshold
+        if isinstance(energy_threshold, Tensor):
+            log_ratio = (energy_threshold / self.params.energy_threshold).log()
+            column = log_ratio.unsqueeze(1)
+        else:  # one threshold for all: a constant column (fewer tensor operations per step)
+            log_ratio = math.log(energy_threshold / self.params.energy_threshold)
+            column = look.free_fall_time.new_full((state.batch_size, 1), log_ratio)
+        inputs = torch.cat([assemble(look.rows, history, self.family), column], dim=1)
         return look.free_fall_time * (self.network(inputs) + log_ratio / 3.0).exp(), look
 
     def propose(self, state: State, history: History) -> Tensor:
