@@ -140,3 +140,15 @@ def test_simulation_aims_a_learned_model_at_the_requested_threshold(tiny_checkpo
     # an eighth of the threshold: about twice the steps (dt ~ threshold^(1/3))
     ratio = strict["summary"]["mean_steps_per_orbit"] / default["summary"]["mean_steps_per_orbit"]
     assert 1.6 < ratio < 2.5
+
+
+def test_simulation_aims_the_oracle_at_the_requested_threshold():
+    """A classical rule that reads a threshold (the oracle) searches at the requested one, not
+    at the params' (it would otherwise fail the stricter gate)."""
+    from aitimestepper.simulate import simulate_from_params
+
+    params = tiny_params()
+    strict = params.energy_threshold / 8
+    metrics, _ = simulate_from_params(params, "oracle", periods=0.25, energy_threshold=strict, record=False)
+    assert metrics["energy_threshold"] == strict
+    assert metrics["summary"]["gate_pass_rate"] == 1.0

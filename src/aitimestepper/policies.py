@@ -7,6 +7,7 @@ leapfrog step, in simulation, evaluation, training and serving.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 
@@ -37,6 +38,11 @@ class TimeStepPolicy(ABC):
         """:meth:`propose`, plus the (B, Q) snapshot rows of ``state`` that ``history`` keeps
         once the step is taken (None for policies that read no history)."""
         return self.propose(state, history), None
+
+    def at_threshold(self, energy_threshold: float) -> TimeStepPolicy:
+        """This policy aimed at another energy threshold; rules that do not read one (fixed dt,
+        free-fall) are returned unchanged."""
+        return self
 
     def start(self, state: State) -> None:  # noqa: B027 (optional hook)
         """Called once before a rollout of ``state``; stateful policies reset here."""
@@ -121,6 +127,11 @@ class Oracle(TimeStepPolicy):
         self.grid = torch.logspace(math.log10(min_fraction), math.log10(max_fraction), grid_points, dtype=torch.float64)
         self.bisections = bisections
 
+    def at_threshold(self, energy_threshold: float) -> Oracle:
+        aimed = copy.copy(self)
+        aimed.energy_threshold = float(energy_threshold)
+        return aimed
+
     def propose(self, state: State, history: History) -> Tensor:
         with torch.no_grad():
             return self._search(state.detach())
@@ -186,6 +197,11 @@ class EnergyFeedback(TimeStepPolicy):
         self.target, self.safety = target, safety
         self.initial = FreeFall(initial_eta)
         self.next_dt: Tensor | None = None
+
+    def at_threshold(self, energy_threshold: float) -> EnergyFeedback:
+        aimed = copy.copy(self)
+        aimed.energy_threshold = float(energy_threshold)
+        return aimed
 
     def start(self, state: State) -> None:
         self.next_dt = None

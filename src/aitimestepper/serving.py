@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.state import DTYPE, State
-from aitimestepper.policies import TimeStepPolicy
 from aitimestepper.rollout import rollout
 
 MAX_BODIES = 64
@@ -121,11 +120,11 @@ def parse_requests(frame: pd.DataFrame) -> list[SystemRequest]:
     return requests
 
 
-def simulate_requests(policy: TimeStepPolicy, requests: list[SystemRequest], energy_threshold: float) -> pd.DataFrame:
+def simulate_requests(policy: LearnedPolicy, requests: list[SystemRequest], energy_threshold: float) -> pd.DataFrame:
     """Integrate every requested system with ``policy``; one output row per request, in order.
 
     Each system is gated at its request's ``energy_threshold`` (default: ``energy_threshold``);
-    a learned policy aims its steps at it too.
+    a learned policy aims its steps at it too (one per system).
     """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, request in enumerate(requests):
@@ -144,7 +143,7 @@ def simulate_requests(policy: TimeStepPolicy, requests: list[SystemRequest], ene
         )
         result = rollout(
             state,
-            policy.at_threshold(thresholds) if isinstance(policy, LearnedPolicy) else policy,
+            policy.at_threshold(thresholds),
             torch.tensor([r.duration for r in chosen], dtype=DTYPE),
             energy_threshold=thresholds,
             max_steps=max(r.max_steps for r in chosen),

@@ -147,11 +147,11 @@ def simulate_from_params(
 ) -> tuple[dict[str, Any], Rollout]:
     """The simulation stage: systems from ``ics`` (or the params' binaries), for ``duration``
     time units or ``periods`` periods (default ``simulation.duration_periods``), gated (and, for
-    a learned model, aimed) at ``energy_threshold`` (default: :func:`threshold_of`)."""
+    policies that read one, aimed) at ``energy_threshold`` (default: :func:`threshold_of`)."""
     policy = load_any_policy(policy_source, params)
     if energy_threshold is None:
         energy_threshold = threshold_of(policy, params)
-    elif isinstance(policy, LearnedPolicy):
+    else:
         policy = policy.at_threshold(energy_threshold)
     if ics is not None:
         state = load_systems(ics)
