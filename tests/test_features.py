@@ -125,3 +125,24 @@ def test_unknown_family_is_refused(cluster):
         compute_features(cluster, History.empty(4, 0, 2), "fancy")
     with pytest.raises(ValueError, match="basic"):
         feature_dim("fancy", 2)
+
+
+@pytest.mark.parametrize(("bodies", "dim", "softening"), [(2, 2, 0.0), (3, 2, 0.01), (5, 3, 0.0), (8, 2, 0.05)])
+def test_snapshot_reads_the_pair_with_the_shortest_free_fall_time(bodies, dim, softening):
+    """The critical pair found over the pair list is the argmin of the full N x N free-fall
+    matrix: the same free-fall time bit for bit, and (log k, cos phi) of that pair by hand."""
+    from aitimestepper.physics import gravity
+    from aitimestepper.physics.initial_conditions import virial_cluster
+
+    state = virial_cluster(64, bodies, torch.Generator().manual_seed(bodies), dim=dim, softening=softening)
+    look = snapshot(state, "basic")
+    assert torch.equal(look.free_fall_time, state.free_fall_time())
+    times = gravity.free_fall_times(state.positions, state.masses, softening).flatten(1)
+    for k, pair in enumerate(times.argmin(dim=1).tolist()):
+        i, j = divmod(pair, bodies)
+        r = state.positions[k, j] - state.positions[k, i]
+        v = state.velocities[k, j] - state.velocities[k, i]
+        distance = (r.square().sum() + softening**2).sqrt()
+        kinetic_ratio = v.square().sum() * distance / (state.masses[k, i] + state.masses[k, j])
+        expected = torch.stack([(kinetic_ratio + 1e-12).log(), (r @ v) / (r.norm() * v.norm())])
+        torch.testing.assert_close(look.rows[k], expected, rtol=1e-12, atol=1e-12)

@@ -38,9 +38,8 @@ def softened_square_distances(separations: Tensor, softening: float) -> Tensor:
     drop out of sums without producing NaN values or NaN gradients.
     """
     square = separations.square().sum(dim=-3) + softening**2
-    n_bodies = square.shape[-1]
-    self_pair = torch.eye(n_bodies, dtype=torch.bool, device=square.device)
-    return square.masked_fill(self_pair, float("inf"))
+    square.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+    return square
 
 
 def accelerations(positions: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:
