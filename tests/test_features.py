@@ -9,6 +9,8 @@ import torch
 
 from aitimestepper.features import FEATURE_FAMILIES, compute_features, feature_dim, snapshot, snapshot_width
 from aitimestepper.history import History
+from aitimestepper.physics import gravity
+from aitimestepper.physics.initial_conditions import virial_cluster
 from aitimestepper.physics.integrator import leapfrog_step
 from aitimestepper.physics.state import State
 from systems import binary
@@ -131,9 +133,6 @@ def test_unknown_family_is_refused(cluster):
 def test_snapshot_reads_the_pair_with_the_shortest_free_fall_time(bodies, dim, softening):
     """The critical pair found over the pair list is the argmin of the full N x N free-fall
     matrix: the same free-fall time bit for bit, and (log k, cos phi) of that pair by hand."""
-    from aitimestepper.physics import gravity
-    from aitimestepper.physics.initial_conditions import virial_cluster
-
     state = virial_cluster(64, bodies, torch.Generator().manual_seed(bodies), dim=dim, softening=softening)
     look = snapshot(state, "basic")
     assert torch.equal(look.free_fall_time, state.free_fall_time())
