@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aitimestepper.physics.initial_conditions import virial_cluster
 from aitimestepper.physics.state import State
+from aitimestepper.systems.families import plummer_clusters
 
 
 @pytest.fixture
@@ -16,8 +16,9 @@ def generator() -> torch.Generator:
 
 @pytest.fixture
 def cluster(generator) -> State:
-    """Four 4-body 3-D clusters with unequal masses, softened, in virial equilibrium."""
-    return virial_cluster(4, 4, generator, dim=3, mass_ratio_range=(0.2, 1.0), softening=0.01)
+    """Four 4-body 3-D Plummer clusters with unequal masses, softened, in virial equilibrium."""
+    (group,) = plummer_clusters(4, generator, dim=3, bodies=(4,), mass_spread=(0.2, 1.0), softening=(0.01, 0.01))
+    return group.state
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from aitimestepper.physics.initial_conditions import KeplerElements, kepler_binary
 from aitimestepper.physics.integrator import leapfrog_step
 from aitimestepper.physics.state import State
+from aitimestepper.systems.kepler import KeplerElements, kepler_binary
 
 
 def binary_elements(

@@ -22,7 +22,8 @@ def aits(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def small_params(tmp_path: Path, **simulation) -> Path:
     data = yaml.safe_load((REPO / "params.yaml").read_text())
-    data["simulation"].update({"num_systems": 3, "duration_periods": 1.0, **simulation})
+    systems = {"family": "binary", "dims": [2], "eccentricity": [0.5, 0.9], "systems": 3, "duration": 1.0}
+    data["simulation"].update({"systems": systems, **simulation})
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -53,7 +54,8 @@ def test_simulate_writes_metrics(tmp_path):
     metrics = json.loads((tmp_path / "out/sim.json").read_text())
     assert metrics["policy"] == "free_fall"
     assert metrics["summary"]["all_reached_end"]
-    assert [s["eccentricity"] for s in metrics["systems"]] == [0.5, 0.9, 0.99]
+    assert all(0.5 <= s["e"] <= 0.9 and s["family"] == "binary" for s in metrics["systems"])
+    assert [s["time_scales_simulated"] for s in metrics["systems"]] == [1.0, 1.0, 1.0]
     with np.load(tmp_path / "out/t.npz") as trajectory:
         assert trajectory["positions"].shape[1:] == (3, 2, 2)
         assert (np.diff(trajectory["time"], axis=0) >= 0).all()
@@ -81,6 +83,36 @@ def test_help_lists_the_commands(tmp_path):
     done = aits("--help", cwd=tmp_path)
     assert done.returncode == 0
     assert all(command in done.stdout for command in ("simulate", "params", "train"))
+
+
+def test_simulate_reads_an_initial_conditions_file_with_any_classical_policy(tmp_path):
+    small_params(tmp_path)
+    ics = {
+        "masses": [1.0, 1.0, 1.0],
+        "positions": [[0.97000436, -0.24308753], [-0.97000436, 0.24308753], [0.0, 0.0]],
+        "velocities": [[0.466203685, 0.43236573], [0.466203685, 0.43236573], [-0.93240737, -0.86473146]],
+    }
+    (tmp_path / "eight.json").write_text(json.dumps(ics))
+    for policy in ("energy_free_fall", "prs23", "energy_feedback"):
+        done = aits(
+            "simulate", "--model", policy, "--eta", "0.05", "--ics", "eight.json", "--duration", "6.3259",
+            "--gated", "--output", f"out/{policy}.json", "--trajectory", f"out/{policy}.npz",
+            "--plots-dir", f"out/{policy}", cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        metrics = json.loads((tmp_path / f"out/{policy}.json").read_text())
+        assert metrics["summary"]["gate_pass_rate"] == 1.0 and metrics["summary"]["all_reached_end"]
+        assert metrics["systems"][0]["num_bodies"] == 3
+
+
+def test_coincident_bodies_in_an_initial_conditions_file_exit_2_and_write_nothing(tmp_path):
+    small_params(tmp_path)
+    ics = {"masses": [1.0, 1.0], "positions": [[0.0, 0.0], [0.0, 0.0]], "velocities": [[0.0, 0.0], [0.0, 1.0]]}
+    (tmp_path / "bad.json").write_text(json.dumps(ics))
+    done = aits("simulate", "--model", "free_fall", "--ics", "bad.json", "--output", "out/sim.json", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "bodies 0 and 1 are at the same position" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_energy_threshold_outside_zero_one_exits_2_and_writes_nothing(tmp_path):

@@ -10,6 +10,7 @@ import torch
 from aitimestepper.physics import gravity
 from aitimestepper.physics.integrator import leapfrog_step, relative_energy_error, step_energy_error
 from aitimestepper.physics.state import State
+from aitimestepper.systems.kepler import kepler_binary
 from systems import binary, binary_elements, integrate_fixed
 
 TWO_PI = 2.0 * math.pi  # period of an a = 1, M = 1 binary
@@ -145,8 +146,6 @@ def test_relative_energy_error_is_safe():
 
 def test_energies_of_a_kepler_binary_match_the_analytic_values():
     elements = binary_elements([0.3, 0.8], phase=0.7, semi_major_axis=2.0, total_mass=3.0, mass_ratio=0.5)
-    from aitimestepper.physics.initial_conditions import kepler_binary
-
     state = kepler_binary(elements)
     m1, m2 = 3.0 / 1.5, 1.5 / 1.5
     expected = -m1 * m2 / (2 * 2.0)  # E = -G m1 m2 / (2 a)
@@ -157,9 +156,40 @@ def test_energies_of_a_kepler_binary_match_the_analytic_values():
 def test_softening_bounds_the_force():
     positions = torch.tensor([[[0.0, 0.0], [1e-8, 0.0]]], dtype=torch.float64)
     masses = torch.ones(1, 2, dtype=torch.float64)
-    soft = gravity.accelerations(positions, masses, softening=0.1)
+    softening = torch.tensor([0.1], dtype=torch.float64)
+    soft = gravity.accelerations(positions, masses, softening)
     assert soft.abs().max() < 1e-8 / 0.1**3 * 1.0001
-    assert torch.isfinite(gravity.potential_energy(positions, masses, softening=0.1)).all()
+    assert torch.isfinite(gravity.potential_energy(positions, masses, softening)).all()
+
+
+def test_each_system_has_its_own_softening():
+    """A batch with softening lengths (0, 0.1, 0.5): each system's forces equal those of the
+    system integrated alone with its own softening."""
+    positions = torch.tensor([[[0.0, 0.0], [0.2, 0.0], [0.0, 0.3]]], dtype=torch.float64).repeat(3, 1, 1)
+    velocities = torch.zeros_like(positions)
+    masses = torch.tensor([[1.0, 0.5, 0.25]], dtype=torch.float64).repeat(3, 1)
+    softening = torch.tensor([0.0, 0.1, 0.5], dtype=torch.float64)
+    batch = State.from_arrays(positions, velocities, masses, softening)
+    for k, eps in enumerate(softening.tolist()):
+        alone = State.from_arrays(positions[k : k + 1], velocities[k : k + 1], masses[k : k + 1], eps)
+        assert torch.equal(alone.accelerations, batch.accelerations[k : k + 1])
+        assert torch.equal(alone.energy(), batch.energy()[k : k + 1])
+    # more softening, weaker pull
+    pull = batch.accelerations.norm(dim=-1)[:, 1]
+    assert pull[0] > pull[1] > pull[2]
+
+
+def test_coincident_bodies_are_refused_without_softening_only():
+    positions = torch.tensor([[[0.0, 0.0], [1.0, 0.0]], [[0.5, 0.5], [0.5, 0.5]]], dtype=torch.float64)
+    masses = torch.ones(2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="system 1: bodies 0 and 1 are at the same position"):
+        State.from_arrays(positions, torch.zeros_like(positions), masses)
+    softened = State.from_arrays(positions, torch.zeros_like(positions), masses, torch.tensor([0.0, 0.1]))
+    assert torch.isfinite(softened.accelerations).all() and torch.isfinite(softened.energy()).all()
+    with pytest.raises(ValueError, match="softening must be finite and >= 0"):
+        State.from_arrays(positions, torch.zeros_like(positions), masses, torch.tensor([0.1, -0.1]))
+    with pytest.raises(ValueError, match="one value or one per system"):
+        State.from_arrays(positions, torch.zeros_like(positions), masses, torch.tensor([0.1, 0.1, 0.1]))
 
 
 def test_state_refuses_bad_arrays():

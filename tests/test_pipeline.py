@@ -30,7 +30,7 @@ def test_dvc_repro_runs_the_whole_pipeline_and_is_then_up_to_date(tmp_path):
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, copy / name)
     params = tiny_params(epochs=2).model_dump(mode="json")
-    params["simulation"].update(num_systems=3, duration_periods=1.0)
+    params["simulation"]["systems"].update(systems=2, duration=0.5)
     params["evaluation"].update(SMALL_EVALUATION, extra_thresholds=[])
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
@@ -50,7 +50,8 @@ def test_dvc_repro_runs_the_whole_pipeline_and_is_then_up_to_date(tmp_path):
         "metrics/simulate.json",
         "metrics/evaluate.json",
         "plots/simulate/orbits.png",
-        "plots/evaluate/cost_vs_error_binaries.png",
+        "plots/evaluate/cost_vs_accuracy.png",
+        "plots/evaluate/dt_along_runs.png",
         "models/training_curves.png",
         "results/simulate/trajectory.npz",
         "dvc.lock",

@@ -76,8 +76,8 @@ def test_pyfunc_refuses_malformed_requests(store, tiny_checkpoint):
 def test_simulate_from_checkpoint_and_from_registry_uri_agree(store, tiny_checkpoint):
     version = register(tiny_checkpoint)
     params = tiny_params()
-    by_path, path_run = simulate_from_params(params, tiny_checkpoint, periods=1.0)
-    by_uri, uri_run = simulate_from_params(params, f"models:/{NAME}/{version}", periods=1.0)
+    ((by_path, path_run),) = simulate_from_params(params, tiny_checkpoint, time_scales=1.0)
+    ((by_uri, uri_run),) = simulate_from_params(params, f"models:/{NAME}/{version}", time_scales=1.0)
     for mine, theirs in zip(by_path["systems"], by_uri["systems"], strict=True):
         assert mine == theirs
     assert (path_run.trajectory.positions == uri_run.trajectory.positions).all()
@@ -89,15 +89,15 @@ def test_promotion_is_gated_on_evaluation(store, tiny_checkpoint):
     client = MlflowClient()
     with pytest.raises(RegistryError, match="run evaluate first"):
         promote(NAME, int(first))
-    record_evaluation(NAME, int(first), {"pass_rate": 1.0, "force_evaluations_per_orbit": 300.0})
+    record_evaluation(NAME, int(first), {"worst_family_pass_rate": 1.0, "cost_ratio_to_oracle": 1.3})
     assert promote(NAME, int(first))["reason"] == "no champion yet"
-    # worse: fewer passing steps
-    record_evaluation(NAME, int(second), {"pass_rate": 0.98, "force_evaluations_per_orbit": 200.0})
+    # worse: its worst family passes fewer steps
+    record_evaluation(NAME, int(second), {"worst_family_pass_rate": 0.98, "cost_ratio_to_oracle": 1.1})
     decision = promote(NAME, int(second))
     assert not decision["promoted"] and decision["reason"] == "worse than the champion"
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == first
     # not worse: passes as well (both above the target) and is cheaper
-    record_evaluation(NAME, int(third), {"pass_rate": 0.9995, "force_evaluations_per_orbit": 250.0})
+    record_evaluation(NAME, int(third), {"worst_family_pass_rate": 0.9995, "cost_ratio_to_oracle": 1.2})
     client.set_registered_model_alias(NAME, "candidate", third)
     assert promote(NAME)["promoted"]
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == third

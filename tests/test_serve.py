@@ -112,6 +112,16 @@ def test_served_model_answers_and_refuses_malformed_requests(server):
     refused = post(server, split(wrong_threshold))
     assert refused.status_code == 400 and "energy_threshold" in refused.text
 
+    coincident = example_request(2e-4)
+    coincident.at[0, "positions"] = [[0.5, 0.0], [0.5, 0.0]]
+    refused = post(server, split(coincident))
+    assert refused.status_code == 400 and "bodies 0 and 1 are at the same position" in refused.text
+
+    softened = example_request(2e-4)
+    softened.at[0, "positions"] = [[0.5, 0.0], [0.5, 0.0]]
+    softened.at[0, "softening"] = 0.1
+    assert post(server, split(softened)).status_code == 200
+
     without_threshold = post(server, split(example_request(2e-4).drop(columns=["energy_threshold"])))
     assert without_threshold.status_code == 200, without_threshold.text
     assert without_threshold.json()["predictions"][0]["energy_threshold"] > 0  # the model's own

@@ -10,11 +10,11 @@ import torch
 
 from aitimestepper.config import ParamsError, load_params
 from aitimestepper.model import LearnedPolicy, build_network
-from aitimestepper.physics.initial_conditions import KeplerElements, kepler_binary
 from aitimestepper.policies import FixedStep
 from aitimestepper.rollout import rollout
-from aitimestepper.training.sampler import draw_thresholds
-from aitimestepper.training.validation import validate, validation_thresholds
+from aitimestepper.systems.kepler import KeplerElements, kepler_binary
+from aitimestepper.training.mixture import draw_thresholds
+from aitimestepper.training.validation import validate, validation_sets, validation_thresholds
 from training_params import REPO, tiny_params
 
 
@@ -107,9 +107,10 @@ def test_validation_covers_the_lowest_training_threshold(tiny_checkpoint):
     assert validation_thresholds(ranged) == (ranged.energy_threshold, 0.5 * ranged.energy_threshold)
     assert validation_thresholds(single) == (single.energy_threshold,)
     policy = load_policy(tiny_checkpoint)
-    both, one = validate(policy, ranged), validate(policy, single)
-    # the lower threshold needs more steps per orbit, so the mean over both levels is larger
-    assert both["steps_per_orbit"] > one["steps_per_orbit"]
+    sets = validation_sets(ranged)
+    both, one = validate(policy, ranged, sets), validate(policy, single, sets)
+    # the lower threshold needs more steps per time scale, so the mean over both levels is larger
+    assert both["steps_per_time_scale"] > one["steps_per_time_scale"]
 
 
 def test_training_thresholds_must_stay_below_one(tmp_path):
@@ -129,16 +130,16 @@ def test_simulation_aims_a_learned_model_at_the_requested_threshold(tiny_checkpo
 
     params = tiny_params()
     runs = {
-        threshold: simulate_from_params(params, tiny_checkpoint, periods=0.5, energy_threshold=threshold, record=False)[
-            0
-        ]
+        threshold: simulate_from_params(
+            params, tiny_checkpoint, time_scales=0.5, energy_threshold=threshold, record=False
+        )[0][0]
         for threshold in (None, params.energy_threshold / 8)
     }
     default, strict = runs[None], runs[params.energy_threshold / 8]
     assert default["energy_threshold"] == params.energy_threshold
     assert strict["energy_threshold"] == params.energy_threshold / 8
     # an eighth of the threshold: about twice the steps (dt ~ threshold^(1/3))
-    ratio = strict["summary"]["mean_steps_per_orbit"] / default["summary"]["mean_steps_per_orbit"]
+    ratio = strict["summary"]["mean_steps_per_time_scale"] / default["summary"]["mean_steps_per_time_scale"]
     assert 1.6 < ratio < 2.5
 
 
@@ -149,6 +150,6 @@ def test_simulation_aims_the_oracle_at_the_requested_threshold():
 
     params = tiny_params()
     strict = params.energy_threshold / 8
-    metrics, _ = simulate_from_params(params, "oracle", periods=0.25, energy_threshold=strict, record=False)
+    ((metrics, _),) = simulate_from_params(params, "oracle", time_scales=0.25, energy_threshold=strict, record=False)
     assert metrics["energy_threshold"] == strict
     assert metrics["summary"]["gate_pass_rate"] == 1.0

@@ -1,4 +1,5 @@
-"""The two-phase trainer: Part 1 gating, warm-up discard, Part 2, loss, determinism, checkpoints, resume."""
+"""The two-phase trainer on the mixture: Part 1 gating and re-draws, warm-up discard, Part 2, loss,
+selection by the worst family, determinism, checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import torch
 from aitimestepper.checkpoint import CheckpointError, load_policy, read_checkpoint, save_checkpoint
 from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy, build_network
-from aitimestepper.physics.initial_conditions import kepler_binary, sample_kepler_elements
 from aitimestepper.physics.integrator import step_energy_error
 from aitimestepper.physics.state import State
+from aitimestepper.systems.families import binaries
 from aitimestepper.training.buffer import ReplayBuffer
 from aitimestepper.training.collection import Collector, RetrainLimitError
 from aitimestepper.training.loss import band_loss
+from aitimestepper.training.mixture import MixtureSampler, allocate, sources
 from aitimestepper.training.replay import replay
-from aitimestepper.training.sampler import SystemSampler
 from aitimestepper.training.step import gated_step, optimizer_step
 from aitimestepper.training.trainer import learning_rate, train
 from aitimestepper.training.validation import score
@@ -30,88 +31,93 @@ def setup(params):
     network = build_network(params)
     policy = LearnedPolicy(network, params)
     optimizer = torch.optim.Adam(network.parameters(), lr=params.training.learning_rate)
-    sampler = SystemSampler(params, generator)
-    return policy, optimizer, sampler, generator
+    return policy, optimizer, MixtureSampler(params, generator), generator
+
+
+def untimed(history):
+    """Per-epoch metrics without wall-clock times (the only thing allowed to differ)."""
+    return [{k: v for k, v in epoch.items() if not k.endswith("time_s")} for epoch in history]
+
+
+def test_the_mixture_shares_the_systems_among_every_family_dimension_and_body_count():
+    params = tiny_params(**{"training.num_systems": 40, "systems.plummer.weight": 2.0})
+    chosen = sources(params)
+    labels = {source.label for source in chosen}
+    assert {"binary/2d/n2", "binary/3d/n2", "planetary/3d/n3", "plummer/2d/n8", "democratic_triple/3d/n3"} <= labels
+    counts = allocate(params, chosen)
+    assert sum(counts) >= params.training.num_systems and min(counts) >= 1
+    share = {name: sum(c for s, c in zip(chosen, counts, strict=True) if s.name == name) for name in params.systems}
+    assert share["plummer"] >= 1.5 * share["binary"]  # weight 2 against 1 (rounded per source)
+    lanes = MixtureSampler(params, torch.Generator().manual_seed(0)).lanes()
+    assert set(lanes) == {2, 3, 4, 8}
+    for bodies, (state, time_scale, source) in lanes.items():
+        assert state.num_bodies == bodies and state.dim == 3  # planar systems embedded with z = 0
+        assert torch.all(time_scale > 0) and torch.all(state.energy() < 0)
+        assert {chosen[k].bodies for k in source.tolist()} == {bodies}
+    with pytest.raises(ValueError, match="at least one family needs a weight > 0"):
+        tiny_params(**{f"systems.{name}.weight": 0.0 for name in params.systems})
 
 
 def test_part1_rejects_a_too_large_step_and_retrains_until_accepted():
-    params = tiny_params(**{"model.initial_dt_fraction": 0.5, "features.history_len": 0})
+    params = tiny_params(**{"model.initial_correction": 5.0})
     policy, optimizer, sampler, _ = setup(params)
     collector = Collector(params, sampler)
-    start = collector.state
-    first = gated_step(policy, start, policy.new_history(start), collector.energy_threshold, params)
-    assert not first.passed.any()  # half a free-fall time is far too long a step
-    buffer = ReplayBuffer(1000, 0.0)
+    lanes = list(collector.lanes.values())
+    first = gated_step(policy, lanes[0].state, lanes[0].history, lanes[0].threshold, params)[0]
+    assert not first.passed.all()  # five energy-normalised free-fall steps are far too long
+    buffer = ReplayBuffer(1000)
     stats = collector.collect(policy, optimizer, buffer).values
     assert stats["retrain_steps"] > 0 and stats["acceptance_rate"] < 1
-    assert stats["error_over_threshold_max"] <= 1.0  # every accepted step within its own system's threshold
-    assert len(buffer) == params.training.num_orbits * params.training.steps_per_epoch
-    # every recorded state, stepped with the retrained policy's dt as accepted then, passed
-    state, history = buffer.gather(torch.arange(len(buffer)))
-    assert torch.isfinite(state.positions).all()
-    assert (collector.state.time > 0).all()
+    assert stats["error_over_threshold_max"] <= 1.0  # every accepted step within its system's threshold
+    assert len(buffer) == collector.num_systems * params.training.steps_per_epoch
+    for lane in collector.lanes.values():
+        assert torch.all(lane.state.time > 0) and torch.isfinite(lane.state.positions).all()
 
 
-def test_accepted_states_pass_the_threshold_when_replayed():
-    params = tiny_params(**{"features.history_len": 0, "model.initial_dt_fraction": 0.05})
+def test_a_system_stuck_on_one_state_is_redrawn_instead_of_stalling_the_epoch():
+    params = tiny_params(**{"model.initial_correction": 10.0, "training.max_retries_per_state": 1})
     policy, optimizer, sampler, _ = setup(params)
-    collector = Collector(params, sampler)
-    buffer = ReplayBuffer(1000, 0.0)
-    for _ in range(2):
-        collector.collect(policy, optimizer, buffer)
-    # replaying the most recent epoch's states with the final weights: a few may fail, since
-    # weights changed after acceptance, but the energy-error scale must be the threshold's
-    state, history = buffer.gather(torch.arange(len(buffer)))
-    thresholds = torch.full((state.batch_size,), params.energy_threshold, dtype=torch.float64)
-    error = gated_step(policy, state, history, thresholds, params).error
-    assert error.median() < params.energy_threshold
+    stats = Collector(params, sampler).collect(policy, optimizer, ReplayBuffer(1000)).values
+    assert stats["stuck_redrawn"] > 0
 
 
 def test_retrain_cap_gives_a_clear_error():
-    params = tiny_params(**{"model.initial_dt_fraction": 0.9, "training.max_retrain_steps": 2})
+    params = tiny_params(**{"model.initial_correction": 10.0, "training.max_retrain_steps": 2})
     policy, optimizer, sampler, _ = setup(params)
     with pytest.raises(RetrainLimitError, match="max_retrain_steps = 2"):
-        Collector(params, sampler).collect(policy, optimizer, ReplayBuffer(100, 0.0))
+        Collector(params, sampler).collect(policy, optimizer, ReplayBuffer(100))
 
 
 def test_warm_up_steps_are_discarded():
     params = tiny_params(**{"features.history_len": 3, "training.steps_per_epoch": 2})
     policy, optimizer, sampler, _ = setup(params)
     collector = Collector(params, sampler)
-    buffer = ReplayBuffer(1000, 0.0)
+    systems = collector.num_systems
+    buffer = ReplayBuffer(1000)
     stats = collector.collect(policy, optimizer, buffer).values
     assert len(buffer) == 0  # 2 accepted steps < 3 history slots: every state was warm-up
-    assert stats["warmup_discarded"] == 2 * params.training.num_orbits
+    assert stats["warmup_discarded"] == 2 * systems
     stats = collector.collect(policy, optimizer, buffer).values
     # third step: 1 slot still padded for the state before it; fourth: window full
-    assert stats["warmup_discarded"] == params.training.num_orbits
-    assert len(buffer) == params.training.num_orbits
-    assert (buffer.tensors["filled"][: len(buffer)] == 3).all()
+    assert stats["warmup_discarded"] == systems
+    assert len(buffer) == systems
+    assert all(bool((ring.tensors["filled"][: ring.size] == 3).all()) for ring in buffer.rings.values())
 
 
-def synthetic_buffer(params, count=512):
-    """States of moderately eccentric binaries, in a buffer without history."""
-    elements = sample_kepler_elements(
-        count,
-        torch.Generator().manual_seed(5),
-        eccentricity_range=(0.3, 0.7),
-        eccentricity_sampling="uniform",
-        semi_major_axis_range=(1.0, 1.0),
-        mass_ratio_range=(1.0, 1.0),
-        total_mass=1.0,
-        start_phase="random_true_anomaly",
+def synthetic_buffer(count=256):
+    """States of moderately eccentric 3-D binaries, in a buffer without history."""
+    (group,) = binaries(
+        count, torch.Generator().manual_seed(5), dim=3, eccentricity=(0.3, 0.7), start_phase="random_true_anomaly"
     )
-    state = kepler_binary(elements)
-    buffer = ReplayBuffer(count, 0.0)
-    buffer.add(state, History.empty(state.batch_size, 0, 2))
+    buffer = ReplayBuffer(count)
+    buffer.add(group.state, History.empty(count, 0, 4))
     return buffer
 
 
 def test_part2_runs_batched_and_converges_on_a_synthetic_buffer():
     params = tiny_params(
         **{
-            "features.history_len": 0,
-            "model.initial_dt_fraction": 0.2,  # too long for many phases: Part 2 must fix it
+            "model.initial_correction": 3.0,  # too long for many phases: Part 2 must fix it
             "training.replay_batch_size": 64,
             "training.replay_steps": 400,
             "training.replay_min_steps": 1,
@@ -119,7 +125,9 @@ def test_part2_runs_batched_and_converges_on_a_synthetic_buffer():
         }
     )
     policy, optimizer, _, generator = setup(params)
-    buffer = synthetic_buffer(params)
+    buffer = synthetic_buffer()
+    state, history = buffer.gather(2, torch.arange(len(buffer)))
+    assert not gated_step(policy, state, history, torch.full((len(buffer),), 2e-4), params)[0].passed.all()
     stats = replay(policy, optimizer, buffer, params, generator)
     assert stats["converged"] == 1.0
     assert 1 < stats["iterations"] < 400
@@ -128,16 +136,11 @@ def test_part2_runs_batched_and_converges_on_a_synthetic_buffer():
 
 def test_band_loss_pushes_dt_up_when_the_error_is_far_below_the_band():
     params = tiny_params(
-        **{
-            "features.history_len": 0,
-            "model.initial_dt_fraction": 1e-3,
-            "training.replay_min_steps": 100,
-            "training.replay_steps": 100,
-        }
+        **{"model.initial_correction": 2e-3, "training.replay_min_steps": 100, "training.replay_steps": 100}
     )
     policy, optimizer, _, generator = setup(params)
-    buffer = synthetic_buffer(params)
-    state, history = buffer.gather(torch.arange(len(buffer)))
+    buffer = synthetic_buffer()
+    state, history = buffer.gather(2, torch.arange(len(buffer)))
     before = policy.propose(state, history)
     stats = replay(policy, optimizer, buffer, params, generator)
     after = policy.propose(state, history)
@@ -153,7 +156,9 @@ def test_band_loss_shape():
     assert gradient[0] < 0  # below the band: a larger error (larger dt) lowers the loss
     assert loss[1] == 0 and gradient[1] == 0  # inside the band: nothing to do
     assert gradient[2] > 0  # above: shrink
-    assert loss[2] > loss[0] * 0  # finite and non-negative
+    # squared log distances from the band: 0.1 x log(0.5e-4 / 1e-8)^2 below, log(5 / 0.85)^2 above
+    assert loss[0].item() == pytest.approx(0.1 * math.log(0.5e-4 / 1e-8) ** 2, rel=1e-9)
+    assert loss[2].item() == pytest.approx(math.log(5e-4 / 0.85e-4) ** 2, rel=1e-9)
     assert torch.isfinite(band_loss(torch.zeros(1, dtype=torch.float64), threshold, 0.5, 0.85)).all()
 
 
@@ -184,27 +189,36 @@ def test_learning_rate_follows_a_cosine_from_first_to_final():
     assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
 
 
-def test_non_finite_steps_never_reach_the_weights(monkeypatch):
-    params = tiny_params(**{"features.history_len": 0})
-    # a float64 network, so that its constant output can be set to make dt exactly 0.5
-    monkeypatch.setattr("aitimestepper.model.NETWORK_DTYPE", torch.float64)
+def test_non_finite_steps_never_reach_the_weights():
+    params = tiny_params()
     policy, optimizer, _, _ = setup(params)
-    # system 1 is aimed so that the drift of a dt = 0.5 step puts both bodies on one point
-    positions = torch.tensor([[[0.0, 0.0], [1.0, 0.0]], [[0.0, 0.0], [1.0, 0.0]]], dtype=torch.float64)
-    velocities = torch.tensor([[[0.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [-1.5, 0.0]]], dtype=torch.float64)
+    # system 1: bodies 1e100 apart at 1e150 speed; its step (1e280) drifts past the float64 range
+    positions = torch.tensor([[[0.0, 0.0], [1.0, 0.0]], [[0.0, 0.0], [1e100, 0.0]]], dtype=torch.float64)
+    velocities = torch.tensor([[[0.0, -0.5], [0.0, 0.5]], [[0.0, 0.0], [0.0, 1e150]]], dtype=torch.float64)
     state = State.from_arrays(positions, velocities, torch.ones(2, 2, dtype=torch.float64))
-    fraction = 0.5 / state.free_fall_time()
-    network = policy.network
-    with torch.no_grad():  # make the untrained network output exactly dt = 0.5 for both systems
-        network.layers[-1].bias.fill_(math.log(fraction[1].item()))
     thresholds = torch.full((2,), params.energy_threshold, dtype=torch.float64)
-    outcome = gated_step(policy, state, History.empty(state.batch_size, 0, 2), thresholds, params)
+    outcome, loss = gated_step(policy, state, History.empty(2, 0, 4), thresholds, params)
     assert outcome.finite.tolist() == [True, False]
-    assert torch.isfinite(outcome.loss)
-    before = [p.detach().clone() for p in network.parameters()]
-    assert optimizer_step(outcome.loss, optimizer, network.parameters(), 1.0)
-    assert all(torch.isfinite(p).all() for p in network.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
+    assert not outcome.passed[1] and outcome.error[1] == math.inf
+    assert torch.isfinite(loss)
+    before = [p.detach().clone() for p in policy.network.parameters()]
+    assert optimizer_step(loss, optimizer, policy.network.parameters(), 1.0)
+    assert all(torch.isfinite(p).all() for p in policy.network.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.network.parameters(), strict=True))
+
+
+def test_a_tiny_training_on_the_mixture_validates_every_family(tmp_path):
+    params = tiny_params()
+    result = train(params, tmp_path)
+    last = result.history[-1]
+    for family in params.systems:
+        assert 0.0 <= last[f"validation/{family}/worst_pass_rate"] <= 1.0
+        assert last[f"validation/{family}/steps_per_time_scale"] > 0
+    assert last["validation/worst_family_pass_rate"] == min(
+        min(last[f"validation/{family}/worst_pass_rate"], 0.999) for family in params.systems
+    )
+    assert result.model_path.is_file() and result.checkpoint_path.is_file()
+    assert result.summary["kept_epoch"] in (1, 2)
 
 
 def test_training_is_deterministic(tmp_path):
@@ -239,22 +253,12 @@ def test_checkpoint_round_trip_rebuilds_the_policy(tmp_path):
     params = tiny_params()
     result = train(params, tmp_path)
     raw = torch.load(result.model_path, weights_only=True)
-    assert raw["contract"] == params.to_contract() and raw["dtype"] == "float64"
+    assert raw["contract"] == params.to_contract()
+    assert raw["dtype"] == {"physics_and_features": "float64", "network_layers": "float32"}
     policy = load_policy(result.model_path)
     kept = read_checkpoint(result.model_path)
-    state = kepler_binary(
-        sample_kepler_elements(
-            8,
-            torch.Generator().manual_seed(1),
-            eccentricity_range=(0.5, 0.9),
-            eccentricity_sampling="uniform",
-            semi_major_axis_range=(1.0, 3.0),
-            mass_ratio_range=(0.5, 1.0),
-            total_mass=2.0,
-            start_phase="random",
-        )
-    )
-    history = policy.new_history(state)
+    (group,) = binaries(8, torch.Generator().manual_seed(1), dim=3, semi_major_axis=(1.0, 3.0), total_mass=2.0)
+    state, history = group.state, policy.new_history(group.state)
     reference = LearnedPolicy(build_network(params), params)
     reference.network.load_state_dict(kept["model_state"])
     assert torch.equal(policy.propose(state, history), reference.propose(state, history))
@@ -280,18 +284,13 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path):
         load_policy(tmp_path / "missing.pt")
 
 
-def untimed(history):
-    """Per-epoch metrics without wall-clock times (the only thing allowed to differ)."""
-    return [{k: v for k, v in epoch.items() if not k.endswith("time_s")} for epoch in history]
-
-
 class Crash(Exception):
     pass
 
 
 def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
-    # a range of training thresholds: the per-system thresholds of Part 1 must be restored too
-    params = tiny_params(epochs=3, **{"training.threshold_factor_min": 0.5, "training.threshold_factor_max": 2.0})
+    # a range of training thresholds and a history window: per-system state of Part 1 is restored
+    params = tiny_params(epochs=3, **{"features.history_len": 1})
     uninterrupted = train(params, tmp_path / "whole")
 
     def crash_after_first_epoch(epoch, metrics):
@@ -309,17 +308,22 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
         assert torch.equal(a, b)
 
 
-def test_resume_refuses_a_checkpoint_of_other_params(tmp_path):
+def test_resume_refuses_other_training_params_only(tmp_path):
     train(tiny_params(), tmp_path)
-    with pytest.raises(ValueError, match="other params"):
+    with pytest.raises(ValueError, match="other training params"):
         train(tiny_params(seed=7), tmp_path, resume=True)
+    # an edit to a section training does not read is no reason to refuse
+    resumed = train(
+        tiny_params(epochs=3, **{"evaluation.seed": 123, "simulation.max_steps": 10}), tmp_path, resume=True
+    )
+    assert len(resumed.history) == 3
 
 
-def test_selection_prefers_every_system_passing_over_a_higher_overall_rate():
-    """A low-eccentricity orbit takes few steps: its failures hardly move the overall pass rate,
-    so model selection ranks snapshots by their worst system."""
-    every_system = {"pass_rate": 0.9995, "worst_pass_rate": 0.9992, "steps_per_orbit": 200.0, "reached_end": 1.0}
-    one_fails = {"pass_rate": 0.9999, "worst_pass_rate": 0.98, "steps_per_orbit": 150.0, "reached_end": 1.0}
-    assert score(every_system) > score(one_fails)
-    assert score({**every_system, "steps_per_orbit": 190.0}) > score(every_system)
-    assert score(one_fails) > score({**one_fails, "reached_end": 0.5})
+def test_selection_is_by_the_worst_family_then_the_fewest_steps():
+    """Every family passing beats a higher overall rate with one family failing; among equals
+    (rates capped at 99.9%), fewer steps win."""
+    every_family = {"worst_family_pass_rate": 0.9992, "steps_per_time_scale": 200.0}
+    one_fails = {"worst_family_pass_rate": 0.98, "steps_per_time_scale": 150.0}
+    assert score(every_family) > score(one_fails)
+    assert score({**every_family, "steps_per_time_scale": 190.0}) > score(every_family)
+    assert score({"worst_family_pass_rate": 1.0, "steps_per_time_scale": 201.0}) < score(every_family)

@@ -9,14 +9,19 @@ from aitimestepper.config import Params, load_params
 REPO = Path(__file__).resolve().parents[1]
 
 
-#: an evaluation suite small enough for the tests (same families, minutes -> seconds)
+#: a held-out suite small enough for the tests: every family kind, 1 system per dimension, short runs
+SMALL_SUITE = {
+    "binaries": {"family": "binary", "eccentricity": [0.3, 0.9], "systems": 1, "duration": 1.0},
+    "hierarchical_triples": {"family": "hierarchical_triple", "period_ratio": [10, 30], "systems": 1, "duration": 1.0},
+    "democratic_triples": {"family": "democratic_triple", "softening": [0.02, 0.05], "systems": 1, "duration": 0.5},
+    "planetary": {"family": "planetary", "planets": [1, 2], "systems": 1, "duration": 1.0},
+    "plummer": {"family": "plummer", "bodies": [4], "softening": [0.05, 0.1], "systems": 1, "duration": 0.25},
+}
 SMALL_EVALUATION = {
-    "duration_periods": 0.5,
-    "three_body_systems": 2,
-    "three_body_crossing_times": 1.0,
-    "tuning_systems": 4,
-    "tuning_periods": 0.5,
-    "fixed_dt_periods": 0.01,
+    "suite": SMALL_SUITE,
+    "tuning_systems": 1,
+    "tuning_duration": 0.25,
+    "controller_targets": [0.5, 0.9],
 }
 
 
@@ -25,13 +30,17 @@ def tiny_params(**overrides) -> Params:
     data = load_params(REPO / "params.yaml").model_dump()
     settings = {
         "epochs": 2,
-        "training.num_orbits": 16,
+        "training.num_systems": 24,
         "training.steps_per_epoch": 4,
         "training.replay_batch_size": 64,
         "training.replay_steps": 10,
         "training.replay_min_steps": 5,
-        "training.validation_periods": 0.25,
-        "model.hidden_sizes": [16, 16],
+        "training.validation_systems": 1,
+        "training.validation_duration": 0.25,
+        "training.validate_every": 1,
+        "systems.planetary.planets": [1, 2],
+        "systems.plummer.bodies": [4, 8],
+        "model.hidden_sizes": [16],
         **overrides,
     }
     for key, value in settings.items():
@@ -40,4 +49,4 @@ def tiny_params(**overrides) -> Params:
         for section in sections:
             target = target[section]
         target[leaf] = value
-    return Params.model_validate(data)
+    return Params.from_values(data)

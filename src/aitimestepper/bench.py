@@ -1,8 +1,8 @@
 """Throughput and memory benchmarks, measured side by side in one run (this machine is noisy).
 
-- Simulation throughput: systems-steps per second of the same rollout with the learned policy
-  and with a fixed dt, for B in {1, 64, 1024} systems of N in {2, 3, 8} bodies; the learned
-  policy's overhead is the ratio of the two times per step.
+- Simulation throughput: systems-steps per second of the same (compiled) rollout with the learned
+  policy and with a fixed dt, for B in {1, 64, 1024} systems of N in {2, 3, 8} bodies; the
+  learned policy's overhead is the ratio of the two times per step.
 - Part 2 replay: one batched gated step over a minibatch vs the same math sample by sample.
 - Training: wall time per epoch at the given params, and peak resident memory of training and of
   simulation, each measured in a child process of its own.
@@ -24,10 +24,10 @@ import torch
 
 from aitimestepper.config import Params
 from aitimestepper.model import LearnedPolicy
-from aitimestepper.physics.initial_conditions import virial_cluster
 from aitimestepper.physics.state import State
 from aitimestepper.policies import FixedStep
 from aitimestepper.rollout import rollout
+from aitimestepper.systems.families import plummer_clusters
 
 BATCH_SIZES = (1, 64, 1024)
 BODY_COUNTS = (2, 3, 8)
@@ -60,7 +60,16 @@ def _timed_side_by_side(first: Callable[[], Any], second: Callable[[], Any]) -> 
 
 
 def _systems(batch: int, bodies: int) -> State:
-    return virial_cluster(batch, bodies, torch.Generator().manual_seed(7), dim=2, softening=0.01)
+    """``batch`` softened 3-D Plummer clusters of ``bodies`` bodies (a binary for 2), seeded."""
+    if bodies == 2:
+        from aitimestepper.systems.families import binaries
+
+        (group,) = binaries(batch, torch.Generator().manual_seed(7), dim=3)
+        return group.state
+    (group,) = plummer_clusters(
+        batch, torch.Generator().manual_seed(7), dim=3, bodies=(bodies,), softening=(0.01, 0.01)
+    )
+    return group.state
 
 
 def simulation_throughput(policy: LearnedPolicy) -> list[dict[str, float]]:
@@ -99,12 +108,12 @@ def replay_speedup(policy: LearnedPolicy, params: Params, batch: int = 512) -> d
     thresholds = torch.full((batch,), params.energy_threshold, dtype=torch.float64)
 
     def batched():
-        gated_step(policy, state, history, thresholds, params).loss.backward()
+        gated_step(policy, state, history, thresholds, params)[1].backward()
 
     def per_sample():
         for k in range(batch):
             index = torch.tensor([k])
-            gated_step(policy, state.select(index), history.select(index), thresholds[index], params).loss.backward()
+            gated_step(policy, state.select(index), history.select(index), thresholds[index], params)[1].backward()
 
     batched_time = _timed(batched)
     looped_time = _timed(per_sample, repeats=1)

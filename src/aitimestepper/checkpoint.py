@@ -3,8 +3,9 @@
 Every checkpoint is a dict of tensors and plain values, written atomically and loadable with
 ``torch.load(weights_only=True)``:
     ``format``: ``"aitimestepper.checkpoint"``; ``contract``: :meth:`Params.to_contract` output;
-    ``dtype``: ``"float64"``; ``model_state``: the network's ``state_dict`` (normalization
-    constants included as buffers); ``normalization``: the same constants as lists;
+    ``dtype``: the precision of the physics and features (float64) and of the network's layers
+    (float32); ``model_state``: the network's ``state_dict`` (normalization constants included as
+    buffers, float64); ``normalization``: the same constants as lists;
     ``epoch``; ``validation``: metrics of the snapshot. Training checkpoints add
     ``optimizer_state``, ``rng_state``, ``buffer``, ``collector``, ``best`` and ``history``.
 """
@@ -18,7 +19,7 @@ import torch
 
 from aitimestepper.atomic import write_atomic
 from aitimestepper.config import Params, ParamsError
-from aitimestepper.model import LearnedPolicy, TimeStepNet, build_network
+from aitimestepper.model import NETWORK_DTYPE, LearnedPolicy, PairNet, build_network
 
 CHECKPOINT_FORMAT = "aitimestepper.checkpoint"
 
@@ -27,16 +28,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, another format, or inconsistent."""
 
 
-def model_payload(network: TimeStepNet, params: Params, epoch: int, validation: dict[str, float]) -> dict[str, Any]:
+def model_payload(network: PairNet, params: Params, epoch: int, validation: dict[str, float]) -> dict[str, Any]:
     """The part of a checkpoint that rebuilds the policy."""
     return {
         "format": CHECKPOINT_FORMAT,
         "contract": params.to_contract(),
-        "dtype": "float64",
+        "dtype": {"physics_and_features": "float64", "network_layers": str(NETWORK_DTYPE).removeprefix("torch.")},
         "model_state": {k: v.detach().clone() for k, v in network.state_dict().items()},
         "normalization": {
-            "feature_mean": network.feature_mean.tolist(),
-            "feature_scale": network.feature_scale.tolist(),
+            name: getattr(network, name).tolist()
+            for name in ("pair_mean", "pair_scale", "context_mean", "context_scale")
         },
         "epoch": epoch,
         "validation": dict(validation),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -78,8 +79,9 @@ def train_command(params_path: Path, models_dir: Path, metrics_path: Path, resum
     click.echo(
         f"trained {summary['epochs']} epochs in {summary['wall_time_s']:.0f} s; Part 2 converged in "
         f"{summary['part2_convergence_rate']:.0%} of epochs; kept epoch {summary['kept_epoch']}: validation pass rate "
-        f"{summary['kept_validation_pass_rate']:.4f}, {summary['kept_validation_steps_per_orbit']:.1f} steps/orbit, "
-        f"final mean dt = {summary['final_dt_over_tff_mean']:.4f} free-fall times"
+        f"{summary['kept_validation_pass_rate']:.4f} (worst family "
+        f"{summary['kept_validation_worst_family_pass_rate']:.4f}), "
+        f"{summary['kept_validation_steps_per_time_scale']:.1f} steps per time scale"
     )
 
 
@@ -89,14 +91,18 @@ def train_command(params_path: Path, models_dir: Path, metrics_path: Path, resum
     "--model",
     "source",
     default=None,
-    help="Policy: a checkpoint path, an MLflow URI (models:/NAME@ALIAS, runs:/ID/model) or fixed|free_fall|oracle. "
+    help="Policy: a checkpoint path, an MLflow URI (models:/NAME@ALIAS, runs:/ID/model) or one of "
+    "fixed|free_fall|energy_free_fall|prs23|energy_feedback|oracle. "
     "Default: simulation.policy (learned: models/model.pt).",
 )
 @click.option("--ics", type=click.Path(path_type=Path), default=None, help="Initial conditions (JSON/NPZ, see README).")
 @click.option(
-    "--periods", type=float, default=None, help="Duration in orbital periods [default: simulation.duration_periods]."
+    "--time-scales",
+    type=float,
+    default=None,
+    help="Duration in time scales (periods, crossing times) [default: simulation.systems.duration].",
 )
-@click.option("--duration", type=float, default=None, help="Duration in time units (instead of --periods).")
+@click.option("--duration", type=float, default=None, help="Duration in time units (instead of --time-scales).")
 @click.option("--gated", is_flag=True, help="Reject steps above the threshold and retry them with half the step.")
 @click.option(
     "--energy-threshold",
@@ -104,6 +110,10 @@ def train_command(params_path: Path, models_dir: Path, metrics_path: Path, resum
     default=None,
     help="Gate (and, for a learned model, the threshold its steps aim at) "
     "[default: the model's energy_threshold, else the params'].",
+)
+@click.option("--eta", type=float, default=None, help="Factor of the free-fall, energy_free_fall and prs23 rules.")
+@click.option(
+    "--max-steps", type=click.IntRange(1), default=None, help="Cap on steps per system [simulation.max_steps]."
 )
 @click.option("--output", type=click.Path(path_type=Path), default=Path("metrics/simulate.json"), show_default=True)
 @click.option(
@@ -114,10 +124,12 @@ def simulate_command(
     params_path: Path,
     source: str | None,
     ics: Path | None,
-    periods: float | None,
+    time_scales: float | None,
     duration: float | None,
     gated: bool,
     energy_threshold: float | None,
+    eta: float | None,
+    max_steps: int | None,
     output: Path,
     trajectory: Path,
     plots_dir: Path,
@@ -126,35 +138,38 @@ def simulate_command(
     from aitimestepper.simulate import simulate_from_params, write_outputs
 
     params = _load(params_path)
-    if periods is not None and duration is not None:
-        raise click.UsageError("give --periods or --duration, not both")
-    for name, value in (("--periods", periods), ("--duration", duration)):
+    if time_scales is not None and duration is not None:
+        raise click.UsageError("give --time-scales or --duration, not both")
+    for name, value in (("--time-scales", time_scales), ("--duration", duration), ("--eta", eta)):
         if value is not None and not value > 0:
             raise click.UsageError(f"{name} must be > 0, got {value}")
     if energy_threshold is not None and not 0 < energy_threshold < 1:
         raise click.UsageError(f"--energy-threshold must be in (0, 1), got {energy_threshold}")
+    if max_steps is not None:
+        params = params.model_copy(update={"simulation": params.simulation.model_copy(update={"max_steps": max_steps})})
     if source is None:
         source = "models/model.pt" if params.simulation.policy == "learned" else params.simulation.policy
     with tqdm(desc=f"simulate ({source})", unit="step", file=sys.stderr, disable=None) as bar:
         try:
-            metrics, result = simulate_from_params(
+            outputs = simulate_from_params(
                 params,
                 source,
                 ics=ics,
-                periods=periods,
+                time_scales=time_scales,
                 duration=duration,
                 gated=gated,
                 energy_threshold=energy_threshold,
+                eta=eta,
                 progress=bar.update,
             )
         except ValueError as error:
             raise click.UsageError(str(error)) from None
-    write_outputs(metrics, result, output, trajectory, plots_dir)
-    summary = metrics["summary"]
+    summary = write_outputs(outputs, output, trajectory, plots_dir)["summary"]
     click.echo(
-        f"{summary['systems']} systems, {summary['mean_steps_per_orbit']:.1f} steps/orbit, "
-        f"{summary['mean_force_evaluations_per_orbit']:.1f} force evaluations/orbit, gate pass rate "
-        f"{summary['gate_pass_rate']:.4f}, max |dE/E| {summary['max_energy_error']:.2e} -> {output}"
+        f"{summary['systems']} systems, {summary['mean_steps_per_time_scale']:.1f} steps and "
+        f"{summary['mean_force_evaluations_per_time_scale']:.1f} force evaluations per time scale, gate pass rate "
+        f"{summary['gate_pass_rate']:.4f}, max single-step |dE/E| {summary['max_step_energy_error']:.2e}, "
+        f"max |dE/E| {summary['max_energy_error']:.2e} -> {output}"
     )
 
 
@@ -181,40 +196,45 @@ def register_command(params_path: Path, train_run: Path, output: Path) -> None:
 @click.option(
     "--model",
     "source",
-    default=None,
-    help="Checkpoint path or MLflow URI [default: the version in models/registered.json].",
+    type=click.Path(path_type=Path),
+    default=Path("models/model.pt"),
+    show_default=True,
+    help="The learned model's checkpoint.",
 )
 @click.option(
-    "--registered", type=click.Path(path_type=Path), default=Path("models/registered.json"), show_default=True
+    "--registered",
+    type=click.Path(path_type=Path),
+    default=Path("models/registered.json"),
+    show_default=True,
+    help="Registry record of that model: its version is tagged with the evaluation (skipped if absent).",
 )
 @click.option("--output", type=click.Path(path_type=Path), default=Path("metrics/evaluate.json"), show_default=True)
 @click.option("--plots-dir", type=click.Path(path_type=Path), default=Path("plots/evaluate"), show_default=True)
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow nor tag the model version.")
 def evaluate_command(
-    params_path: Path, source: str | None, registered: Path, output: Path, plots_dir: Path, no_tracking: bool
+    params_path: Path, source: Path, registered: Path, output: Path, plots_dir: Path, no_tracking: bool
 ) -> None:
-    """Compare the learned policy with free-fall and the oracle on held-out binaries."""
-    from aitimestepper.evaluate import evaluate, headline, write_report
+    """Compare the learned policy with tuned classical rules and the oracle on every held-out family."""
+    from aitimestepper.checkpoint import CheckpointError, load_policy
+    from aitimestepper.evaluation.report import evaluate, headline, write_report
 
     params = _load(params_path)
+    try:
+        load_policy(source)
+    except CheckpointError as error:
+        raise click.UsageError(str(error)) from None
     record = json.loads(registered.read_text()) if registered.is_file() else None
-    if source is None:
-        if record is None:
-            raise click.UsageError(f"{registered} does not exist: give --model or run `aits register` first")
-        source = record["uri"]
-    with tqdm(desc="evaluate", unit="run", file=sys.stderr, disable=None) as bar:
-        try:
-            report = evaluate(params, source, progress=lambda name: (bar.set_postfix_str(name), bar.update(1)))
-        except ValueError as error:
-            raise click.UsageError(str(error)) from None
-    write_report(report, output, plots_dir, params=params, source=source)
+    jobs = len(params.evaluation.suite) * (1 + len(params.evaluation.extra_thresholds))
+    with tqdm(total=jobs, desc="evaluate", unit="family", file=sys.stderr, disable=None) as bar:
+        report = evaluate(params, str(source), progress=lambda name: (bar.set_postfix_str(name), bar.update(1)))
+    write_report(report, output, plots_dir, params=params)
     numbers = headline(report)
     if not no_tracking:
-        _track_evaluation(params, report, numbers, plots_dir, record if record and record["uri"] == source else None)
+        _track_evaluation(params, report, numbers, plots_dir, record)
     click.echo(json.dumps(report["summary"], indent=1))
     click.echo(
-        f"learned: pass rate {numbers['pass_rate']:.4f}, {numbers['force_evaluations_per_orbit']:.1f} force "
-        f"evaluations/orbit, median ratio to oracle {numbers['median_ratio_to_oracle']:.3f} -> {output}"
+        f"learned: worst family pass rate {numbers['worst_family_pass_rate']:.4f}, cost "
+        f"{numbers['cost_ratio_to_oracle']:.3f}x the oracle (geometric mean of the families' medians) -> {output}"
     )
 
 
@@ -230,6 +250,7 @@ def _track_evaluation(params: Params, report: dict, numbers: dict, plots_dir: Pa
         for family, data in per_threshold["families"].items()
         for policy, values in data["summary"].items()
         for key, value in values.items()
+        if math.isfinite(float(value))
     }
     with tracking.tracked_run(
         params.tracking.experiment_name,

@@ -11,16 +11,19 @@ The model serializes to a plain JSON dict and back without loss (:meth:`Params.t
 
 from __future__ import annotations
 
+import contextvars
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-from aitimestepper.features import feature_dim
+from aitimestepper.systems.specs import FAMILY_NAMES, MixtureComponent, SuiteEntry
 
-CONTRACT_VERSION = 2
+CONTRACT_VERSION = 3
 DEFAULT_PARAMS_FILE = Path("params.yaml")
+#: set while :meth:`Params.from_values` validates: no other source is read
+_EXPLICIT: contextvars.ContextVar[bool] = contextvars.ContextVar("explicit_params", default=False)
 
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 
@@ -35,89 +38,45 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-class PhysicsParams(Section):
-    """Physical model shared by every stage."""
-
-    dim: Literal[2, 3] = Field(2, description="Spatial dimension D of every system.")
-    softening: float = Field(0.0, ge=0.0, description="Plummer softening length eps (length units).")
-
-
-class InitialConditionsParams(Section):
-    """How training systems are drawn."""
-
-    kind: Literal["binary", "cluster", "file"] = Field("binary", description="Family of systems to draw.")
-    num_bodies: int = Field(2, ge=2, le=64, description="Bodies per system N (2 for binaries, >= 3 for clusters).")
-    eccentricity_min: Probability = Field(0.5, description="Smallest binary eccentricity, in [0, 1).")
-    eccentricity_max: Probability = Field(0.995, description="Largest binary eccentricity, in [0, 1).")
-    eccentricity_sampling: Literal["uniform", "log_one_minus_e"] = Field(
-        "log_one_minus_e", description="Draw e uniformly, or 1 - e log-uniformly (eccentric orbits well covered)."
-    )
-    semi_major_axis_min: float = Field(0.8, gt=0.0, description="Smallest binary semi-major axis a.")
-    semi_major_axis_max: float = Field(1.2, gt=0.0, description="Largest binary semi-major axis a.")
-    mass_ratio_min: float = Field(
-        1.0, gt=0.0, le=1.0, description="Smallest mass ratio q = m2/m1 (cluster: mass spread)."
-    )
-    mass_ratio_max: float = Field(1.0, gt=0.0, le=1.0, description="Largest mass ratio q = m2/m1, in (0, 1].")
-    total_mass: float = Field(1.0, gt=0.0, description="Total mass of every system (mass units, G = 1).")
-    start_phase: Literal["pericenter", "apocenter", "random", "random_true_anomaly"] = Field(
-        "random_true_anomaly", description="Where binaries start: fixed, uniform in time, or uniform in true anomaly."
-    )
-    file: str | None = Field(None, description="JSON/NPZ initial-conditions file; required when kind is 'file'.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> InitialConditionsParams:
-        if self.eccentricity_min > self.eccentricity_max:
-            raise ValueError(
-                f"eccentricity_min ({self.eccentricity_min}) must be <= eccentricity_max ({self.eccentricity_max})"
-            )
-        if self.semi_major_axis_min > self.semi_major_axis_max:
-            raise ValueError(
-                f"semi_major_axis_min ({self.semi_major_axis_min}) must be <= "
-                f"semi_major_axis_max ({self.semi_major_axis_max})"
-            )
-        if self.mass_ratio_min > self.mass_ratio_max:
-            raise ValueError(
-                f"mass_ratio_min ({self.mass_ratio_min}) must be <= mass_ratio_max ({self.mass_ratio_max})"
-            )
-        if self.kind == "binary" and self.num_bodies != 2:
-            raise ValueError(f"num_bodies must be 2 when kind is 'binary', got {self.num_bodies}")
-        if self.kind == "cluster" and self.num_bodies < 3:
-            raise ValueError(f"num_bodies must be >= 3 when kind is 'cluster', got {self.num_bodies}")
-        if self.kind == "file" and not self.file:
-            raise ValueError("file must name an initial-conditions file when kind is 'file'")
-        return self
+def _default_mixture() -> dict[str, Any]:
+    """Every family, 2-D and 3-D, with equal weights."""
+    return {name: {"family": name} for name in FAMILY_NAMES}
 
 
 class FeaturesParams(Section):
-    """Model inputs: which dimensionless features, over how many past states."""
+    """What the learned policy looks at: candidate pairs of the current state, and past states."""
 
-    family: Literal["basic", "rich", "delta_mag"] = Field("basic", description="Feature family.")
-    history_len: int = Field(2, ge=0, le=64, description="Past states in the feature window (0: current state only).")
+    candidate_pairs: int = Field(
+        8, ge=1, le=64, description="Pairs with the smallest energy-normalised free-fall steps the network reads."
+    )
+    history_len: int = Field(0, ge=0, le=64, description="Past states in the context window (0: current state only).")
 
 
 class ModelParams(Section):
-    """The network that maps features to a time step."""
+    """The network that corrects each candidate pair's step."""
 
     hidden_sizes: tuple[Annotated[int, Field(ge=1, le=4096)], ...] = Field(
-        (64, 64), min_length=1, max_length=8, description="Widths of the hidden layers."
+        (32, 32),
+        min_length=1,
+        max_length=8,
+        description="Widths of the pair-embedding layers (the head uses the last).",
     )
     activation: Literal["tanh", "relu", "silu", "gelu"] = Field("tanh", description="Hidden-layer activation.")
-    initial_dt_fraction: float = Field(
-        0.005, gt=0.0, le=1.0, description="dt / free-fall time of the untrained network."
+    pair_temperature: float = Field(
+        1.0 / 3.0, gt=0.0, le=10.0, description="Temperature of the soft minimum over pairs (1/3: errors add as dt^3)."
     )
-    min_dt_fraction: float = Field(
-        1e-6, gt=0.0, le=1.0, description="Smallest dt / free-fall time the network may output."
+    initial_correction: float = Field(
+        0.1, gt=0.0, le=100.0, description="Step / energy-normalised free-fall step of the untrained network."
     )
-    max_dt_fraction: float = Field(
-        1.0, gt=0.0, le=10.0, description="Largest dt / free-fall time the network may output."
-    )
+    min_correction: float = Field(1e-3, gt=0.0, le=100.0, description="Smallest correction the network may output.")
+    max_correction: float = Field(10.0, gt=0.0, le=1000.0, description="Largest correction the network may output.")
 
     @model_validator(mode="after")
-    def _fractions_ordered(self) -> ModelParams:
-        if not self.min_dt_fraction <= self.initial_dt_fraction <= self.max_dt_fraction:
+    def _corrections_ordered(self) -> ModelParams:
+        if not self.min_correction <= self.initial_correction <= self.max_correction:
             raise ValueError(
-                f"need min_dt_fraction ({self.min_dt_fraction}) <= initial_dt_fraction "
-                f"({self.initial_dt_fraction}) <= max_dt_fraction ({self.max_dt_fraction})"
+                f"need min_correction ({self.min_correction}) <= initial_correction "
+                f"({self.initial_correction}) <= max_correction ({self.max_correction})"
             )
         return self
 
@@ -126,7 +85,9 @@ class TrainingParams(Section):
     """The two-phase, energy-gated training routine."""
 
     steps_per_epoch: int = Field(1, ge=1, le=100_000, description="Accepted Part 1 steps per system per epoch.")
-    num_orbits: int = Field(64, ge=1, le=65_536, description="Systems collected in parallel in Part 1.")
+    num_systems: int = Field(
+        64, ge=1, le=65_536, description="Systems followed in parallel in Part 1, shared among the mixture's families."
+    )
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate of the first epoch.")
     learning_rate_final: float | None = Field(
         None,
@@ -165,13 +126,26 @@ class TrainingParams(Section):
     )
     replay_capacity: int = Field(65_536, ge=1, le=10_000_000, description="Replay buffer size (oldest states dropped).")
     max_retrain_steps: int | None = Field(
-        None, ge=1, description="Optional cap on Part 1 optimizer steps per epoch; null: retry until accepted."
+        None,
+        ge=1,
+        description="Optional cap on Part 1 optimizer steps per epoch; null: no cap (stuck systems are re-drawn).",
     )
-    orbit_budget: float = Field(
-        2.0, gt=0.0, le=1e4, description="Periods a Part 1 system is followed before it is re-drawn."
+    max_retries_per_state: int = Field(
+        50, ge=1, le=100_000, description="A Part 1 system rejected this many times on one state is re-drawn (counted)."
+    )
+    time_budget: float = Field(
+        2.0, gt=0.0, le=1e4, description="Time scales (periods, crossing times) a Part 1 system is followed."
     )
     grad_clip: float = Field(1.0, gt=0.0, description="Gradient-norm clip of every optimizer step.")
-    validation_periods: float = Field(1.0, gt=0.0, le=100.0, description="Periods of each validation orbit.")
+    validation_systems: int = Field(
+        4, ge=1, le=1000, description="Validation systems per mixture family and dimension (model selection)."
+    )
+    validation_duration: float = Field(
+        1.0, gt=0.0, le=100.0, description="Time scales each validation system is integrated for."
+    )
+    validate_every: int = Field(
+        1, ge=1, le=10_000, description="Epochs between validations (the last is always validated)."
+    )
     checkpoint_every: int = Field(1, ge=1, description="Epochs between checkpoints.")
 
     @model_validator(mode="after")
@@ -192,45 +166,63 @@ class TrainingParams(Section):
 class SimulationParams(Section):
     """The simulation stage: which policy integrates which systems for how long."""
 
-    policy: Literal["learned", "fixed", "free_fall", "oracle"] = Field(
+    policy: Literal["learned", "fixed", "free_fall", "energy_free_fall", "prs23", "energy_feedback", "oracle"] = Field(
         "learned", description="Time-step policy ('learned' reads the trained checkpoint)."
     )
     fixed_dt: float = Field(1e-3, gt=0.0, description="Step of the 'fixed' policy (time units).")
     eta: float = Field(0.05, gt=0.0, le=10.0, description="Free-fall policy factor: dt = eta * min free-fall time.")
-    num_systems: int = Field(6, ge=1, le=100_000, description="Systems simulated together.")
-    eccentricities: tuple[Probability, ...] = Field(
-        (0.5, 0.9, 0.99), min_length=1, description="Eccentricities of the simulated binaries (cycled)."
+    systems: SuiteEntry = Field(
+        default_factory=lambda: {"family": "hierarchical_triple", "dims": (3,), "systems": 4, "duration": 10.0},
+        description="The simulated systems: a family spec with systems per dimension and duration (time scales).",
     )
-    start_phase: Literal["pericenter", "apocenter", "random"] = Field(
-        "apocenter", description="Start phase of the binaries."
-    )
-    duration_periods: float = Field(10.0, gt=0.0, le=1e6, description="Simulated time in orbital periods.")
     max_steps: int = Field(200_000, ge=1, description="Hard cap on steps per system.")
+
+
+def _default_suite() -> dict[str, Any]:
+    return {
+        "binaries": {"family": "binary", "eccentricity": (0.3, 0.99), "systems": 8, "duration": 10.0},
+        "hierarchical_triples": {"family": "hierarchical_triple", "systems": 4, "duration": 10.0},
+        "democratic_triples": {
+            "family": "democratic_triple",
+            "softening": (0.01, 0.05),
+            "systems": 4,
+            "duration": 10.0,
+        },
+        "democratic_triples_unsoftened": {
+            "family": "democratic_triple",
+            "softening": (0.0, 0.0),
+            "systems": 4,
+            "duration": 5.0,
+        },
+        "planetary": {"family": "planetary", "systems": 4, "duration": 10.0},
+        "plummer": {"family": "plummer", "systems": 4, "duration": 2.0},
+    }
 
 
 class EvaluationParams(Section):
     """The held-out evaluation suite."""
 
     seed: int = Field(10_000, ge=0, description="Seed of the held-out systems (disjoint from training seeds).")
-    duration_periods: float = Field(10.0, gt=0.0, le=1e6, description="Simulated time per system in orbital periods.")
     extra_thresholds: tuple[Annotated[float, Field(gt=0.0, lt=1.0)], ...] = Field(
         (1e-4,), max_length=4, description="Thresholds evaluated besides energy_threshold."
     )
-    three_body_systems: int = Field(10, ge=0, le=1000, description="Softened three-body systems (0: none).")
-    three_body_crossing_times: float = Field(10.0, gt=0.0, le=1e4, description="Duration of the three-body runs.")
-    three_body_softening: float = Field(0.01, ge=0.0, description="Plummer softening of the three-body systems.")
-    controller_target: float = Field(
-        0.5, gt=0.0, le=1.0, description="Energy-feedback controller's target error / threshold."
+    suite: dict[str, SuiteEntry] = Field(
+        default_factory=_default_suite, min_length=1, description="Held-out families: name -> spec, systems, duration."
+    )
+    scaled_copies: tuple[tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]], ...] = Field(
+        ((10.0, 100.0), (0.01, 100.0)),
+        max_length=4,
+        description="(length, mass) factors of the scaled copies that test scale transfer.",
+    )
+    controller_targets: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] = Field(
+        (0.3, 0.5, 0.7, 0.85, 0.95),
+        min_length=1,
+        description="Energy-feedback controller targets tried when tuning it.",
     )
     tuning_systems: int = Field(
-        8, ge=1, le=10_000, description="Training-like systems the classical rules are tuned on."
+        4, ge=1, le=10_000, description="Systems per dimension the classical rules are tuned on (training seed)."
     )
-    tuning_periods: float = Field(
-        1.0, gt=0.0, le=1e4, description="Periods (three-body: crossing times) of each tuning run."
-    )
-    fixed_dt_periods: float = Field(
-        1.0, gt=0.0, le=1e6, description="Periods run by the fixed-dt rule (its cost per orbit does not depend on it)."
-    )
+    tuning_duration: float = Field(1.0, gt=0.0, le=1e4, description="Time scales of each tuning run.")
 
 
 class TrackingParams(Section):
@@ -243,16 +235,17 @@ class TrackingParams(Section):
 class Params(BaseSettings):
     """Every scientific setting of the project (the config contract)."""
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True, yaml_file=DEFAULT_PARAMS_FILE, validate_default=True)
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     energy_threshold: float = Field(
         2e-4, gt=0.0, lt=1.0, description="Largest relative energy error |E1-E0|/|E0| a step may make."
     )
     epochs: int = Field(20, ge=1, le=1_000_000, description="Training epochs (Part 1 + Part 2 each).")
     seed: int = Field(0, ge=0, description="Seed of every random draw in training.")
-    physics: PhysicsParams = Field(default_factory=PhysicsParams, description="Physical model.")
-    initial_conditions: InitialConditionsParams = Field(
-        default_factory=InitialConditionsParams, description="Training systems."
+    systems: dict[str, MixtureComponent] = Field(
+        default_factory=_default_mixture,
+        min_length=1,
+        description="The training mixture: name -> family spec with its weight (2-D and 3-D by default).",
     )
     features: FeaturesParams = Field(default_factory=FeaturesParams, description="Model inputs.")
     model: ModelParams = Field(default_factory=ModelParams, description="Network architecture.")
@@ -270,48 +263,56 @@ class Params(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Explicit arguments first, then ``params.yaml``; never the environment."""
-        return init_settings, YamlConfigSettingsSource(settings_cls)
+        """Explicit arguments first, then ``params.yaml``; never the environment. Values validated
+        through :meth:`from_values` (a params file, a contract) are read alone: settings sources are
+        merged key by key, and a mixture or suite must not gain the families of another file."""
+        if _EXPLICIT.get():
+            return (init_settings,)
+        return init_settings, YamlConfigSettingsSource(settings_cls, yaml_file=DEFAULT_PARAMS_FILE)
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> Params:
+        """Validate ``values`` alone (unset keys take their defaults, nothing else is read).
+
+        Raises:
+            pydantic.ValidationError: invalid settings.
+        """
+        token = _EXPLICIT.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _EXPLICIT.reset(token)
 
     @model_validator(mode="after")
-    def _training_thresholds_below_one(self) -> Params:
+    def _consistent(self) -> Params:
         largest = self.energy_threshold * self.training.threshold_factor_max
         if not largest < 1.0:
             raise ValueError(
                 f"energy_threshold x training.threshold_factor_max = {largest:g} must be < 1 (a relative energy error)"
             )
+        if not any(component.weight > 0 for component in self.systems.values()):
+            raise ValueError(f"systems: at least one family needs a weight > 0, got {list(self.systems)} all at 0")
         return self
 
-    @property
-    def feature_dim(self) -> int:
-        """Length of the feature vector these settings produce."""
-        return feature_dim(self.features.family, self.features.history_len)
-
     def to_contract(self) -> dict[str, Any]:
-        """Plain JSON-compatible dict: every setting plus ``contract_version`` and ``feature_dim``."""
-        return {"contract_version": CONTRACT_VERSION, "feature_dim": self.feature_dim, **self.model_dump(mode="json")}
+        """Plain JSON-compatible dict: every setting plus ``contract_version``."""
+        return {"contract_version": CONTRACT_VERSION, **self.model_dump(mode="json")}
 
     @classmethod
     def from_contract(cls, contract: dict[str, Any]) -> Params:
         """Rebuild settings from :meth:`to_contract` output, refusing unknown versions.
 
         Raises:
-            ParamsError: unknown ``contract_version``, invalid settings, or a recorded
-                ``feature_dim`` that these settings do not reproduce.
+            ParamsError: unknown ``contract_version`` or invalid settings.
         """
         values = dict(contract)
         version = values.pop("contract_version", None)
         if version != CONTRACT_VERSION:
             raise ParamsError(
-                f"config contract version {version!r} is not supported (this code reads version {CONTRACT_VERSION})"
+                f"config contract version {version!r} is not supported (this code reads version {CONTRACT_VERSION}); "
+                f"retrain the model with this code"
             )
-        recorded_dim = values.pop("feature_dim", None)
-        params = _validated(lambda: cls.model_validate(values))
-        if recorded_dim != params.feature_dim:
-            raise ParamsError(
-                f"contract records feature_dim {recorded_dim!r} but its settings give {params.feature_dim}"
-            )
-        return params
+        return _validated(lambda: cls.from_values(values))
 
 
 def load_params(path: Path | str = DEFAULT_PARAMS_FILE) -> Params:
@@ -328,7 +329,7 @@ def load_params(path: Path | str = DEFAULT_PARAMS_FILE) -> Params:
         values = YamlConfigSettingsSource(Params, yaml_file=path)()
     except Exception as error:  # yaml.YAMLError and friends: report, do not traceback
         raise ParamsError(f"params file {path} is not valid YAML: {error}") from error
-    return _validated(lambda: Params.model_validate(values), source=path)
+    return _validated(lambda: Params.from_values(values), source=path)
 
 
 def _validated(build, source: Path | None = None) -> Params:
@@ -338,12 +339,24 @@ def _validated(build, source: Path | None = None) -> Params:
         raise ParamsError(format_validation_error(error, source)) from None
 
 
+def _without_family_tags(location: tuple) -> list:
+    """The location of a problem without the family name pydantic inserts for a family spec
+    (``systems.binary.binary.eccentricity`` -> ``systems.binary.eccentricity``)."""
+    parts = list(location)
+    for index in range(len(parts) - 1, 0, -1):
+        in_mapping = index >= 2 and parts[index - 2] in ("systems", "suite")
+        in_field = parts[index - 1] == "systems" and index >= 2 and parts[index - 2] == "simulation"
+        if parts[index] in FAMILY_NAMES and (in_mapping or in_field):
+            del parts[index]
+    return parts
+
+
 def format_validation_error(error: ValidationError, source: Path | None = None) -> str:
     """One line per problem: ``key = value: rule``."""
     where = f" in {source}" if source else ""
     lines = [f"invalid params{where}:"]
     for problem in error.errors():
-        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        key = ".".join(str(part) for part in _without_family_tags(problem["loc"])) or "(top level)"
         value = problem.get("input")
         rule = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
@@ -351,5 +364,7 @@ def format_validation_error(error: ValidationError, source: Path | None = None) 
         shown = "(missing)" if problem["type"] == "missing" else repr(value)
         if isinstance(value, dict) and problem["type"] != "extra_forbidden":
             shown = "(section)"
+        if problem["type"] == "union_tag_invalid":  # an unknown family name
+            key, shown = f"{key}.family", repr(problem["ctx"]["tag"])
         lines.append(f"  {key} = {shown}: {rule}")
     return "\n".join(lines)

@@ -1,233 +1,284 @@
-"""Dimensionless, order- and translation-invariant features of a state and its history.
+"""The learned policy's look at a whole system: dimensionless features of its pairs, in one pass.
 
-Every feature is a ratio of quantities built from G, the masses, the separations and the
-relative velocities, so it does not change when lengths and masses are rescaled (with velocities
-scaling as sqrt(mass / length), as the dynamics demands) or when the bodies are relabelled or the
-system is translated or boosted. A model fed with them can transfer across scales.
+The one-step energy error of a kick-drift-kick step is, to leading order, a sum of the errors of
+the pairs, each growing as (dt / tau_ij)**3 times the pair's binding energy G m_i m_j / r_ij, and
+it is gated against the system's |E|. A pair alone would therefore allow
 
-The *critical pair* of a snapshot is the pair with the shortest free-fall time; the time step of
-a gravitational system is dictated by it.
+    step_ij = tau_ij * (|E| r_ij / (G m_i m_j)) ** (1/3)     (times threshold ** (1/3)),
 
-Families (F = features per snapshot, H = ``history_len``):
-    ``basic``: per snapshot [log k, cos phi] of the critical pair, where
-        k = v**2 r / (G (m_i + m_j)) (twice the pair's kinetic-to-potential ratio) and
-        cos phi = (r . v) / (|r| |v|) (approaching < 0 < receding). F = 2, dim = 2 (H + 1).
-    ``rich``: ``basic`` plus the critical pair's eccentricity, log mass ratio (small/large),
-        log(min / mean pairwise free-fall time) and log of the system's virial ratio
-        2 K / |W| (K in the centre-of-mass frame). F = 6, dim = 6 (H + 1).
-    ``delta_mag``: ``basic`` of the current state plus, for each past state, the log ratios of
-        the critical pair's separation and relative speed to their current values.
-        dim = 2 + 2 H.
+the *energy-normalised free-fall step* of the pair (tau_ij = sqrt(r_ij**3 / (G (m_i + m_j))),
+r_ij softened). A close pair in a cluster, or a planet around a star, holds a small share of |E|
+and so allows a longer step than its free-fall time suggests. The policy corrects these steps per
+pair and combines them (:mod:`aitimestepper.model`); this module measures what it needs.
 
-Past states not yet seen are zero-padded (never NaN); :meth:`History.warming_up` flags them.
-Each state is looked at once: its :class:`Snapshot` rows are computed when a dt is proposed for
-it and kept in the :class:`History` window afterwards.
+Per look, over the P = N (N - 1) / 2 pairs i < j (components-first, one pass):
+    ``log_step``: log step_ij of every pair (time units, threshold 1), and of those the K
+        *candidate* pairs with the smallest steps (K = min(P, ``candidates``)): the pairs that can
+        decide the step. Their per-pair features, F = ``PAIR_FEATURES``:
+        0. log k, k = v**2 s / (G (m_i + m_j)) (twice the pair's kinetic-to-potential ratio),
+        1. cos phi = (r . v) / (|r| |v|) (approaching < 0 < receding),
+        2. log step_ij - min log step (>= 0: how far from deciding the step),
+        3. log (G m_i m_j / s) / |E| (the pair's share of the system's energy),
+        4. eps**2 / s**2 (how softened the pair is),
+        5. log (m_small / m_large),
+        6. log (|a_j - a_i - a_mutual| / |a_mutual| + 1e-8) (how strongly the rest of the system
+           perturbs the pair; a_mutual the pair's own attraction),
+      with s**2 = r**2 + eps**2, r = x_j - x_i, v = v_j - v_i, a the accelerations carried in the
+      state (no extra force evaluation).
+    System context, C = ``CONTEXT_FEATURES``: the crowding -(1/3) log sum_ij exp(-3 (log step_ij -
+        min log step)) (<= 0; how many pairs share the smallest step, summed as errors add),
+        log 2 K / |W| (virial ratio), and the leading-order energy error of the step itself:
+        kick-drift-kick changes the energy by dt**3 R / 12 + O(dt**4), R = sum_i m_i (2 a_i . j_i +
+        v_i . s_i) with the jerk j and snap s of every body (analytic, from positions, velocities and
+        the accelerations: no extra force evaluation; measured: the ratio to the true one-step error
+        tends to 1 as dt -> 0 on binaries and clusters), so the step that would reach the gate is
+        h_1 = (12 |E| / |R|)**(1/3) (threshold 1). The context holds log(h_1 / min step) (clipped to
+        [-10, 10]: R vanishes at the apsides of an orbit) and log(|R| / sum_i |m_i (2 a_i . j_i +
+        v_i . s_i)| + 1e-8) (how much the bodies' terms cancel).
+    History rows (what a :class:`History` keeps of each past state, ``ROW_WIDTH``): its min log
+        step and crowding, and the outcome of the step taken from it: log(error / threshold)
+        (floored at 1e-4, capped at 1e4) and log(dt / (min step threshold**(1/3))), the correction
+        the policy applied. A window of H past rows adds 5 H context columns: per slot a 0/1 flag
+        (filled or not), the past min log step relative to the current one, the past crowding,
+        error and correction; unfilled slots are all zeros (zero padding).
+
+|E| and K are taken in the centre-of-mass frame. Every feature is a ratio of quantities built from
+G, masses, separations, velocities and accelerations: unchanged when bodies are relabelled, the
+system is translated, boosted or rotated, or lengths and masses are rescaled (velocities as
+sqrt(mass / length)).
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from aitimestepper.history import History
 from aitimestepper.physics import gravity
+from aitimestepper.physics.derivatives import jerk_and_snap
 from aitimestepper.physics.state import State
 
-FeatureFamily = Literal["basic", "rich", "delta_mag"]
-FEATURE_FAMILIES: tuple[str, ...] = ("basic", "rich", "delta_mag")
-_PER_SNAPSHOT = {"basic": 2, "rich": 6}
-_TINY = 1e-300
-_LOG_FLOOR = 1e-12
+PAIR_FEATURES = 7
+CONTEXT_FEATURES = 4
+#: log(h_1 / min step) is clipped to +-RATE_STEP_CLIP (R vanishes at the apsides of an orbit)
+RATE_STEP_CLIP = 10.0
+CANCELLATION_FLOOR = 1e-8
+#: what a look keeps of its state (min log step, crowding) ...
+LOOK_ROW = 2
+#: ... and a history row: those, and the step's log error over threshold and log correction
+ROW_WIDTH = 4
+#: context columns per history slot: filled flag and the four row quantities (relative)
+SLOT_FEATURES = 5
+ERROR_FLOOR, ERROR_CAP = 1e-4, 1e4
+TINY = 1e-300
+LOG_FLOOR = 1e-12
+PERTURBATION_FLOOR = 1e-8
+#: pairs' errors add as dt**3: the crowding is a soft minimum of temperature 1/3
+_ERROR_ORDER = 3.0
 
 
-def feature_dim(family: str, history_len: int) -> int:
-    """Length of the feature vector of ``family`` over ``history_len`` past states."""
-    if family == "delta_mag":
-        return 2 + 2 * history_len
-    if family not in _PER_SNAPSHOT:
-        raise ValueError(f"unknown feature family {family!r}; choose one of {FEATURE_FAMILIES}")
-    return _PER_SNAPSHOT[family] * (history_len + 1)
+def context_dim(history_len: int) -> int:
+    """System context columns for a window of ``history_len`` past states."""
+    return CONTEXT_FEATURES + SLOT_FEATURES * history_len
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """What a policy learns from one look at the current states.
+class PairLook:
+    """What a policy learns from one look at B current states, each with K candidate pairs.
 
     Attributes:
-        rows: (B, Q) float64 per-snapshot quantities (``Q = snapshot_width(family)``), the
-            entries a :class:`History` keeps once the step is taken.
-        free_fall_time: (B,) shortest pairwise free-fall time, as :meth:`State.free_fall_time`
-            gives it (time units).
+        log_step: (B, K) float64 log of the candidates' energy-normalised free-fall steps at
+            threshold 1 (log time units), smallest first.
+        pair_features: (B, K, PAIR_FEATURES) float64 per-candidate features.
+        context: (B, CONTEXT_FEATURES) float64 system features of the current state.
+        rows: (B, LOOK_ROW) float64 what a :class:`History` keeps of this state (before the step).
     """
 
+    log_step: Tensor
+    pair_features: Tensor
+    context: Tensor
     rows: Tensor
-    free_fall_time: Tensor
+
+    @property
+    def min_step(self) -> Tensor:
+        """(B,) the smallest energy-normalised free-fall step (threshold 1, time units)."""
+        return self.log_step[:, 0].exp()
 
 
-def snapshot_width(family: str) -> int:
-    """Quantities Q per snapshot of ``family``: 2 for ``basic``, 6 for ``rich``, and for
-    ``delta_mag`` the 2 of ``basic`` plus log r and log v of the critical pair."""
-    if family not in FEATURE_FAMILIES:
-        raise ValueError(f"unknown feature family {family!r}; choose one of {FEATURE_FAMILIES}")
-    return _PER_SNAPSHOT.get(family, _PER_SNAPSHOT["basic"] + 2)
+def look(state: State, candidates: int) -> PairLook:
+    """One pass over the pairs of B states: candidate pairs, their features, the context.
 
-
-def snapshot(state: State, family: FeatureFamily) -> Snapshot:
-    """One pairwise pass over B current states: their snapshot rows and free-fall times.
-    No gradient flows back into the states."""
-    if family not in FEATURE_FAMILIES:
-        raise ValueError(f"unknown feature family {family!r}; choose one of {FEATURE_FAMILIES}")
+    Args:
+        state: B systems (no gradient flows back into them).
+        candidates: K_max, the most candidate pairs kept per system.
+    """
     with torch.no_grad():
-        state = state.detach()
-        rows, free_fall = _snapshot_quantities(
-            state.positions,
-            state.velocities,
-            state.masses,
-            state.softening,
-            rich=family == "rich",
-            scales=family == "delta_mag",
-        )
-    return Snapshot(rows, free_fall)
+        return _look(state.detach(), candidates)
 
 
-def assemble(current: Tensor, history: History, family: FeatureFamily) -> Tensor:
-    """Feature vectors from the current snapshot rows and the window of past ones.
-
-    Args:
-        current: (B, Q) snapshot rows of the current states.
-        history: their past snapshot rows (H slots each, most recent first).
-        family: ``basic``, ``rich`` or ``delta_mag``.
-
-    Returns:
-        (B, feature_dim(family, H)) float64 features; slots not yet filled contribute zeros.
-    """
+def system_context(current: PairLook, history: History) -> Tensor:
+    """(B, context_dim(H)) the current context and the window of past rows (zero-padded)."""
     if history.length == 0:
-        return current[:, : feature_dim(family, 0)]
-    slots = torch.arange(history.length + 1, device=current.device)
-    valid = (slots.unsqueeze(0) <= history.filled.unsqueeze(1)).to(current.dtype)
-    if family == "delta_mag":
-        log_scales = history.rows[:, :, -2:]
-        deltas = (log_scales - current[:, None, -2:]) * valid[:, 1:, None]
-        return torch.cat([current[:, :2], deltas.flatten(1)], dim=1)
-    per_snapshot = _PER_SNAPSHOT[family]
-    window = torch.cat([current[:, None, :per_snapshot], history.rows[:, :, :per_snapshot]], dim=1)
-    return (window * valid[:, :, None]).flatten(1)
+        return current.context
+    slots = torch.arange(history.length, device=current.context.device)
+    valid = (slots.unsqueeze(0) < history.filled.unsqueeze(1)).to(current.context.dtype)  # (B, H)
+    past = history.rows
+    relative = torch.cat([(past[:, :, 0] - current.rows[:, None, 0]).unsqueeze(2), past[:, :, 1:]], dim=2)
+    slots = torch.cat([valid.unsqueeze(2), relative * valid[:, :, None]], dim=2)  # (B, H, SLOT_FEATURES)
+    return torch.cat([current.context, slots.flatten(1)], dim=1)
 
 
-def compute_features(state: State, history: History, family: FeatureFamily) -> Tensor:
-    """Feature vectors of B systems: :func:`assemble` of their :func:`snapshot`.
-
-    Args:
-        state: the current states (B systems).
-        history: their past snapshot rows (H slots each, most recent first).
-        family: ``basic``, ``rich`` or ``delta_mag``.
-
-    Returns:
-        (B, feature_dim(family, H)) float64 features, finite for finite states.
-    """
-    return assemble(snapshot(state, family).rows, history, family)
+def history_row(look_rows: Tensor, dt: Tensor, error: Tensor, energy_threshold: float | Tensor) -> Tensor:
+    """(B, ROW_WIDTH) what a window keeps of a state once its step is taken: the (B, LOOK_ROW) rows
+    of the look, and the step's (B,) ``dt`` and relative energy ``error`` against the threshold
+    the policy aimed at."""
+    threshold = torch.as_tensor(energy_threshold, dtype=dt.dtype)
+    log_error = (error / threshold).clamp(ERROR_FLOOR, ERROR_CAP).log()
+    correction = dt.log() - look_rows[:, 0] - threshold.log() / 3.0
+    return torch.cat([look_rows, log_error.unsqueeze(1), correction.unsqueeze(1)], dim=1)
 
 
-def _snapshot_quantities(
-    positions: Tensor, velocities: Tensor, masses: Tensor, softening: float, rich: bool, scales: bool
-) -> tuple[Tensor, Tensor]:
-    """Per-snapshot quantities, shape (M, 2), (M, 6) with ``rich`` or (M, 4) with ``scales``,
-    and the shortest free-fall time of each snapshot (M,).
-
-    Columns: log k and cos phi of the critical pair; with ``rich`` then its eccentricity and
-    log mass ratio, log(min / mean free-fall time) and log virial ratio; with ``scales`` log r and log v of
-    the critical pair (not scale-free: only their differences over time are used). One pass over
-    the pairs finds the critical pair; everything else is per pair.
-    """
-    pairs = _critical_pair(positions, velocities, masses, softening)
-    shortest_squared = gravity.free_fall_squared(pairs.square, pairs.mass)  # (M,)
-    distance = pairs.square.sqrt()
-    bare_distance = pairs.r.norm(dim=-1)
-    speed = pairs.v.norm(dim=-1)
-    gm = gravity.GRAVITATIONAL_CONSTANT * pairs.mass
-    kinetic_ratio = speed.square() * distance / gm
-    radial = (pairs.r * pairs.v).sum(-1)
-    cos_phi = radial / (bare_distance * speed).clamp_min(_TINY)
-    columns = [(kinetic_ratio + _LOG_FLOOR).log(), cos_phi]
-    if rich:
-        # eccentricity vector ((v^2 - GM/r) r - (r . v) v) / GM, free of cancellation at e = 0
-        eccentricity_vector = (
-            (speed.square() - gm / bare_distance.clamp_min(_TINY)).unsqueeze(-1) * pairs.r
-            - radial.unsqueeze(-1) * pairs.v
-        ) / gm.unsqueeze(-1)
-        eccentricity = eccentricity_vector.norm(dim=-1)
-        first, second = _pair_indices(masses.shape[1], masses.device)
-        bodies = torch.stack([first[pairs.index], second[pairs.index]], dim=1)  # (M, 2): i, j
-        small, large = masses.gather(1, bodies).aminmax(dim=1)
-        mean_free_fall = gravity.free_fall_squared(pairs.all_squares, pairs.all_masses).sqrt().mean(dim=1)
-        columns += [
-            eccentricity,
-            (small / large).log(),
-            (shortest_squared.sqrt() / mean_free_fall).log(),
-            (_virial_ratio(positions, velocities, masses, softening) + _LOG_FLOOR).log(),
-        ]
-    if scales:
-        columns += [distance.clamp_min(_TINY).log(), speed.clamp_min(_TINY).log()]
-    return torch.stack(columns, dim=1), shortest_squared.sqrt()
+def energy_normalised_steps(state: State) -> Tensor:
+    """(B, P) the energy-normalised free-fall step of every pair (threshold 1, time units)."""
+    with torch.no_grad():
+        pairs = _pairs(state.detach())
+        return pairs.log_step.exp()
 
 
 @dataclass(frozen=True)
-class _CriticalPairs:
-    """The critical pair of each of M snapshots: ``r`` = x_j - x_i and ``v`` = v_j - v_i (M, D),
-    softened ``square`` distance and pair ``mass`` m_i + m_j (M,), its ``index`` (M,) among the
-    P = N (N - 1) / 2 pairs i < j, and over all those pairs ``all_squares`` and ``all_masses`` (M, P)."""
+class _Pairs:
+    """Every pair i < j of M systems: ``r``, ``v``, ``a`` = x, v, a of j minus those of i
+    (M, D, P); softened ``square`` distance, pair ``mass`` m_i + m_j, ``product`` m_i m_j and
+    ``log_step`` (M, P), the masses ``mass_i``, ``mass_j`` (M, P); ``energy`` |E| and
+    ``virial`` 2 K / |W| (M,), centre-of-mass frame; ``softening_square`` (M, 1)."""
 
     r: Tensor
     v: Tensor
+    a: Tensor
     square: Tensor
+    mass_i: Tensor
+    mass_j: Tensor
     mass: Tensor
-    index: Tensor
-    all_squares: Tensor
-    all_masses: Tensor
+    product: Tensor
+    log_step: Tensor
+    energy: Tensor
+    virial: Tensor
+    softening_square: Tensor
 
 
-def _critical_pair(positions: Tensor, velocities: Tensor, masses: Tensor, softening: float) -> _CriticalPairs:
-    """The pair with the shortest free-fall time in each of M snapshots (M, N, D), found over
-    the pairs i < j (a list of P pairs rather than an N x N matrix: fewer, cheaper operations)."""
-    count, n_bodies, _ = positions.shape
-    first, second = _pair_indices(n_bodies, positions.device)
+def _pairs(state: State) -> _Pairs:
+    first, second = _pair_indices(state.num_bodies, state.positions.device)
 
     def differences(values: Tensor) -> Tensor:
-        """(M, N, D) -> (M, D, P): components first, as in ``gravity``, so that every operation
-        runs over contiguous rows of P pairs (an inner axis of D = 2 is several times slower)."""
+        """(M, N, D) -> (M, D, P): components first, so every operation runs over contiguous
+        rows of P pairs (an inner axis of D = 2 is several times slower)."""
         components = values.transpose(1, 2)
         return components.index_select(2, second) - components.index_select(2, first)
 
-    separations, relative_velocities = differences(positions), differences(velocities)
-    squares = functools.reduce(torch.add, separations.square().unbind(1)) + softening**2  # (M, P)
-    pair_masses = masses.index_select(1, first) + masses.index_select(1, second)  # (M, P)
-    if n_bodies == 2:  # a single pair
-        index = torch.zeros(count, dtype=torch.int64, device=positions.device)
-
-        def pick(values: Tensor) -> Tensor:
-            return values[..., 0]
-    else:
-        # t_ff**4 = r**6 / (G m)**2 orders the pairs as t_ff does, with no square root per pair;
-        # it stays finite for separations up to 1e50
-        index = (squares * squares * squares / pair_masses.square()).argmin(dim=1)  # (M,)
-        rows = torch.arange(count, device=positions.device)
-
-        def pick(values: Tensor) -> Tensor:
-            return values[rows, ..., index]
-
-    return _CriticalPairs(
-        r=pick(separations),
-        v=pick(relative_velocities),
-        square=pick(squares),
-        mass=pick(pair_masses),
-        index=index,
-        all_squares=squares,
-        all_masses=pair_masses,
+    masses = state.masses
+    r, v, a = differences(state.positions), differences(state.velocities), differences(state.accelerations)
+    softening_square = state.softening.square().unsqueeze(1)
+    square = functools.reduce(torch.add, r.square().unbind(1)) + softening_square  # (M, P)
+    mass_i, mass_j = masses.index_select(1, first), masses.index_select(1, second)
+    mass, product = mass_i + mass_j, mass_i * mass_j
+    inverse_distance = square.rsqrt()
+    potential = gravity.GRAVITATIONAL_CONSTANT * (product * inverse_distance).sum(dim=1)  # |W|, (M,)
+    total = masses.sum(dim=1, keepdim=True)
+    bulk = (masses.unsqueeze(-1) * state.velocities).sum(dim=1) / total  # (M, D)
+    kinetic = gravity.kinetic_energy(state.velocities - bulk.unsqueeze(1), masses)
+    energy = (kinetic - potential).abs().clamp_min(TINY)
+    gm = gravity.GRAVITATIONAL_CONSTANT * mass
+    # log [tau (|E| r / (G m_i m_j))**(1/3)] = log tau + (log |E| - log G m_i m_j - log(1/r)) / 3
+    log_tau = 0.5 * ((square * square.sqrt()) / gm).log()
+    log_share = (gravity.GRAVITATIONAL_CONSTANT * product * inverse_distance).log() - energy.log().unsqueeze(1)
+    return _Pairs(
+        r=r,
+        v=v,
+        a=a,
+        square=square,
+        mass_i=mass_i,
+        mass_j=mass_j,
+        mass=mass,
+        product=product,
+        log_step=log_tau - log_share / _ERROR_ORDER,
+        energy=energy,
+        virial=2.0 * kinetic / potential.clamp_min(TINY),
+        softening_square=softening_square,
     )
+
+
+def _look(state: State, candidates: int) -> PairLook:
+    pairs = _pairs(state)
+    count = pairs.log_step.shape[1]
+    keep = min(count, candidates)
+    if keep == count and count == 1:
+        log_step, index = pairs.log_step, None
+    else:
+        log_step, index = pairs.log_step.topk(keep, dim=1, largest=False, sorted=True)  # (M, K)
+
+    def pick(values: Tensor) -> Tensor:
+        """(M, P) or (M, D, P) -> the candidates' (M, K) or (M, D, K)."""
+        if index is None:
+            return values
+        if values.ndim == 2:
+            return values.gather(1, index)
+        return values.gather(2, index.unsqueeze(1).expand(-1, values.shape[1], -1))
+
+    r, v, a = pick(pairs.r), pick(pairs.v), pick(pairs.a)
+    square, mass, product = pick(pairs.square), pick(pairs.mass), pick(pairs.product)
+    gm = gravity.GRAVITATIONAL_CONSTANT * mass
+    bare_square = r.square().sum(dim=1)
+    speed_square = v.square().sum(dim=1)
+    distance = square.sqrt()
+    radial = (r * v).sum(dim=1)
+    cos_phi = radial / (bare_square * speed_square).sqrt().clamp_min(TINY)
+    mutual = -(gm / (square * distance)).unsqueeze(1) * r  # the pair's own pull on j relative to i
+    perturbation = (a - mutual).square().sum(dim=1).sqrt() / mutual.square().sum(dim=1).sqrt().clamp_min(TINY)
+    minimum = log_step[:, :1]
+    mass_i, mass_j = pick(pairs.mass_i), pick(pairs.mass_j)
+    small_over_large = torch.minimum(mass_i, mass_j) / torch.maximum(mass_i, mass_j)
+    features = torch.stack(
+        [
+            (speed_square * distance / gm + LOG_FLOOR).log(),
+            cos_phi,
+            log_step - minimum,
+            (gravity.GRAVITATIONAL_CONSTANT * product / distance).log() - pairs.energy.log().unsqueeze(1),
+            pairs.softening_square / square,
+            small_over_large.log(),
+            (perturbation + PERTURBATION_FLOOR).log(),
+        ],
+        dim=2,
+    )
+    all_minimum = pairs.log_step.amin(dim=1, keepdim=True)
+    crowding = -torch.logsumexp(-_ERROR_ORDER * (pairs.log_step - all_minimum), dim=1) / _ERROR_ORDER
+    virial = (pairs.virial + LOG_FLOOR).log()
+    rate, spread = _energy_error_rate(state)
+    rate_step = ((12.0 * pairs.energy / rate.clamp_min(TINY)).log() / _ERROR_ORDER - all_minimum.squeeze(1)).clamp(
+        -RATE_STEP_CLIP, RATE_STEP_CLIP
+    )
+    cancellation = (rate / spread.clamp_min(TINY) + CANCELLATION_FLOOR).log()
+    return PairLook(
+        log_step=log_step,
+        pair_features=features,
+        context=torch.stack([crowding, virial, rate_step, cancellation], dim=1),
+        rows=torch.stack([all_minimum.squeeze(1), crowding], dim=1),
+    )
+
+
+def _energy_error_rate(state: State) -> tuple[Tensor, Tensor]:
+    """|R| and sum_i |m_i (2 a_i . j_i + v_i . s_i)| (M,), R = sum_i m_i (2 a_i . j_i + v_i . s_i)
+    the rate of kick-drift-kick's leading-order one-step energy error dt**3 R / 12, with v in the
+    centre-of-mass frame (R itself does not depend on the frame, as sum_i m_i s_i = 0; the
+    bodies' terms do)."""
+    masses = state.masses
+    jerk, snap = jerk_and_snap(state.positions, state.velocities, state.accelerations, masses, state.softening)
+    bulk = (masses.unsqueeze(-1) * state.velocities).sum(dim=1, keepdim=True) / masses.sum(dim=1).view(-1, 1, 1)
+    relative = state.velocities - bulk
+    per_body = masses * (2.0 * (state.accelerations * jerk).sum(-1) + (relative * snap).sum(-1))
+    return per_body.sum(dim=1).abs(), per_body.abs().sum(dim=1)
 
 
 @functools.cache
@@ -235,12 +286,3 @@ def _pair_indices(n_bodies: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Bodies i and j of the P = N (N - 1) / 2 pairs i < j, row by row: two (P,) int64 tensors."""
     first, second = torch.triu_indices(n_bodies, n_bodies, offset=1, device=device)
     return first, second
-
-
-def _virial_ratio(positions: Tensor, velocities: Tensor, masses: Tensor, softening: float) -> Tensor:
-    """2 K / |W| with K measured in the centre-of-mass frame, shape (M,)."""
-    weights = (masses / masses.sum(dim=1, keepdim=True)).unsqueeze(-1)
-    com_velocity = (weights * velocities).sum(dim=1, keepdim=True)
-    kinetic = gravity.kinetic_energy(velocities - com_velocity, masses)
-    potential = gravity.potential_energy(positions, masses, softening)
-    return 2.0 * kinetic / potential.abs().clamp_min(_TINY)

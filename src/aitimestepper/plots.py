@@ -16,8 +16,8 @@ _TRAINING_PANELS = (
     ("part1/retrain_steps", "Part 1 optimizer steps"),
     ("part2/iterations", "Part 2 iterations"),
     ("part2/pass_rate", "Part 2 last-minibatch pass rate"),
-    ("validation/pass_rate", "validation pass rate"),
-    ("validation/steps_per_orbit", "validation steps per orbit"),
+    ("validation/worst_family_pass_rate", "validation: worst family's worst system pass rate"),
+    ("validation/steps_per_time_scale", "validation steps per time scale (geometric mean)"),
 )
 
 
@@ -26,7 +26,8 @@ def training_curves(history: list[dict[str, float]], path: Path, kept_epoch: int
     epochs = range(1, len(history) + 1)
     figure, axes = plt.subplots(2, 3, figsize=(13, 6.5), constrained_layout=True)
     for axis, (key, title) in zip(axes.flat, _TRAINING_PANELS, strict=True):
-        axis.plot(epochs, [h.get(key, float("nan")) for h in history], marker=".", lw=1)
+        points = [(epoch, h[key]) for epoch, h in zip(epochs, history, strict=True) if key in h]
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker=".", lw=1)
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
@@ -79,38 +80,75 @@ def _save(figure, path: Path) -> None:
     plt.close(figure)
 
 
-def cost_vs_error(summary: dict, path: Path, energy_threshold: float) -> None:
-    """One point per policy: mean force evaluations per orbit vs max |E - E0| / |E0|."""
-    figure, axis = plt.subplots(figsize=(7, 5), constrained_layout=True)
-    for name, values in summary.items():
-        x, y = values["mean_force_evaluations_per_orbit"], values["max_energy_error"]
-        axis.scatter([x], [y], s=50)
-        axis.annotate(
-            f"{name} (pass {values['gate_pass_rate']:.4f})",
-            (x, y),
-            fontsize=8,
-            xytext=(5, 5),
-            textcoords="offset points",
-        )
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    axis.set_xlabel("force evaluations per orbit (mean over the suite)")
-    axis.set_ylabel("max |E - E0| / |E0| over the run")
-    axis.set_title(f"cost vs accuracy, held-out binaries, threshold {energy_threshold:g}")
-    axis.grid(alpha=0.3, which="both")
+_POLICY_COLOURS = {
+    "learned": "tab:red",
+    "learned_gated": "tab:pink",
+    "oracle": "black",
+    "energy_feedback": "tab:blue",
+    "energy_free_fall": "tab:green",
+    "prs23": "tab:purple",
+    "free_fall": "tab:orange",
+    "fixed": "tab:gray",
+}
+
+
+def cost_vs_accuracy(report: dict, path: Path) -> None:
+    """One panel per family and threshold: every policy's median force evaluations per time
+    scale (x) against its worst single-step error over the threshold (y), labelled with its
+    pass rate; the gate (y = 1) drawn."""
+    levels = list(report["thresholds"])
+    names = list(report["thresholds"][levels[0]]["families"])
+    figure, axes = plt.subplots(
+        len(levels), len(names), figsize=(3.6 * len(names), 3.4 * len(levels)), squeeze=False, constrained_layout=True
+    )
+    for row, level in enumerate(levels):
+        for column, name in enumerate(names):
+            axis = axes[row, column]
+            data = report["thresholds"][level]["families"].get(name)
+            if data is None:
+                axis.set_visible(False)
+                continue
+            for policy, values in data["summary"].items():
+                x = values["median_force_evaluations_per_time_scale"]
+                y = max(values["max_step_error_over_threshold"], 1e-3)
+                axis.scatter([x], [y], s=30, color=_POLICY_COLOURS.get(policy, "tab:brown"), zorder=3)
+                axis.annotate(
+                    f"{policy} {values['gate_pass_rate']:.3%}",
+                    (x, y),
+                    fontsize=6.5,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+            axis.axhline(1.0, color="black", lw=0.8, ls="--")
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+            axis.set_title(f"{name}, {level} (best classical: {data['best_classical']})", fontsize=8)
+            axis.set_xlabel("force evaluations per time scale (median)", fontsize=7)
+            axis.set_ylabel("max step error / threshold", fontsize=7)
+            axis.tick_params(labelsize=7)
+            axis.grid(alpha=0.3, which="both")
+    figure.suptitle("cost vs accuracy per family (labels: share of steps passing the gate)")
     _save(figure, Path(path))
 
 
-def dt_vs_phase(curves: dict, path: Path) -> None:
-    """dt against mean anomaly over one orbit, one line per policy."""
-    figure, axis = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
-    for name, (phase, dt) in curves.items():
-        order = phase.argsort()
-        axis.plot(phase[order].numpy(), dt[order].numpy(), marker=".", ms=2, lw=0.8, label=name)
-    axis.set_yscale("log")
-    axis.set_xlabel("mean anomaly at the start of the step (rad; 0 = pericenter)")
-    axis.set_ylabel("dt (time units)")
-    axis.set_title("dt vs orbital phase, e = 0.9 binary, a = 1, M = 1")
-    axis.grid(alpha=0.3, which="both")
-    axis.legend()
+def dt_along_runs(curves: dict[str, dict[str, tuple]], path: Path) -> None:
+    """One panel per family: dt against time (in time scales) of one system, one line per policy."""
+    names = list(curves)
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False, constrained_layout=True
+    )
+    for axis, name in zip(axes.flat, names, strict=False):
+        for policy, (time, dt) in curves[name].items():
+            axis.plot(time.numpy(), dt.numpy(), lw=0.8, label=policy, color=_POLICY_COLOURS.get(policy))
+        axis.set_yscale("log")
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("time (time scales)", fontsize=8)
+        axis.set_ylabel("dt / time scale", fontsize=8)
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(names) :]:
+        axis.set_visible(False)
+    figure.suptitle("dt along one held-out run per family")
     _save(figure, Path(path))

@@ -31,9 +31,9 @@ class SimulationModel(PythonModel):
 
         try:
             requests = parse_requests(pd.DataFrame(model_input))
+            return simulate_requests(self.policy, requests, self.policy.params.energy_threshold)
         except RequestError as error:
             raise MlflowException.invalid_parameter_value(str(error)) from None
-        return simulate_requests(self.policy, requests, self.policy.params.energy_threshold)
 
 
 def log_simulation_model(checkpoint: Path, name: str = "model", registered_model_name: str | None = None):

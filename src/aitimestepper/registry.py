@@ -1,9 +1,10 @@
 """The MLflow model registry: register trained models, record evaluations, promote a champion.
 
 New versions get the alias ``candidate``. ``promote`` moves ``champion`` to a version only if
-that version's evaluation is not worse than the current champion's: a pass rate at least as
-high (rates at or above :data:`PASS_RATE_TARGET` count as equal) and no more force evaluations
-per orbit. Evaluations are stored as version tags (``evaluation.*``).
+that version's evaluation is not worse than the current champion's: a worst-family pass rate at
+least as high (rates at or above :data:`PASS_RATE_TARGET` count as equal) and a cost relative to
+the oracle (geometric mean over the families) no higher. Evaluations are stored as version tags
+(``evaluation.*``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from aitimestepper.atomic import write_json
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 PASS_RATE_TARGET = 0.999
-EVALUATION_TAGS = ("pass_rate", "force_evaluations_per_orbit")
+EVALUATION_TAGS = ("worst_family_pass_rate", "cost_ratio_to_oracle")
 
 
 class RegistryError(ValueError):
@@ -90,17 +91,23 @@ def promote(name: str, version: int | None = None, *, force: bool = False) -> di
         promoted, reason = True, "no champion yet"
     elif champion_version.version == chosen.version:
         promoted, reason = True, "already champion"
+    elif not _evaluated(champion_version):
+        promoted, reason = True, f"the champion (version {champion_version.version}) has no evaluation of this kind"
     else:
         champion = _evaluation(champion_version)
         decision["champion"] = {"version": int(champion_version.version), **champion}
         not_worse = _pass_score(candidate) >= _pass_score(champion) and (
-            candidate["force_evaluations_per_orbit"] <= champion["force_evaluations_per_orbit"]
+            candidate["cost_ratio_to_oracle"] <= champion["cost_ratio_to_oracle"]
         )
         promoted = not_worse or force
         reason = "not worse than the champion" if not_worse else ("forced" if force else "worse than the champion")
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, chosen.version)
     return {**decision, "promoted": promoted, "reason": reason}
+
+
+def _evaluated(version) -> bool:
+    return all(f"evaluation.{key}" in (version.tags or {}) for key in EVALUATION_TAGS)
 
 
 def _evaluation(version) -> dict[str, float]:
@@ -114,4 +121,4 @@ def _evaluation(version) -> dict[str, float]:
 
 
 def _pass_score(evaluation: dict[str, float]) -> float:
-    return min(evaluation["pass_rate"], PASS_RATE_TARGET)
+    return min(evaluation["worst_family_pass_rate"], PASS_RATE_TARGET)

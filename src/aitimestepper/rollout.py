@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from aitimestepper import fast
 from aitimestepper.physics.integrator import leapfrog_step, relative_energy_error
 from aitimestepper.physics.state import State
 from aitimestepper.policies import TimeStepPolicy
 
 #: relative distance to the end time below which a system counts as arrived (round-off)
-_END_TOLERANCE = 1e-12
+END_TOLERANCE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Rollout:
         final_energy_error: |E(t_end) - E0| / |E0|.
         max_step_error: largest single-step relative energy error.
         dt_min, dt_max, dt_mean: statistics of the steps taken (time units).
+        proposed_dt_min: the smallest step the policy proposed (before the last step was
+            shortened to land on the end time, and before any rejection).
         reached_end: True where the system reached its end time.
         failed: True where a step produced NaN/inf (close encounter); the system stopped there.
         momentum_drift: |P(t_end) - P0| (momentum units).
@@ -61,6 +64,7 @@ class Rollout:
     dt_min: Tensor
     dt_max: Tensor
     dt_mean: Tensor
+    proposed_dt_min: Tensor
     reached_end: Tensor
     failed: Tensor
     momentum_drift: Tensor
@@ -85,6 +89,7 @@ def rollout(
     gated: bool = False,
     record: bool = False,
     progress=None,
+    engine: str = "auto",
 ) -> Rollout:
     """Integrate every system with ``policy`` until its time reaches ``end_time``.
 
@@ -103,8 +108,26 @@ def rollout(
             finite) and retry it with ``GATE_SHRINK`` times the step, counting every try as a
             force evaluation; the energy bound then holds at a counted cost.
         record: keep a :class:`Trajectory`.
-        progress: optional callable ``progress(steps_done)`` called once per step.
+        progress: optional callable ``progress(steps_done)`` called once per step (the compiled
+            path calls it once, at the end, with the steps of the longest run).
+        engine: ``torch`` (the reference), ``compiled`` (:mod:`aitimestepper.fast`), or ``auto``:
+            compiled whenever the policy has a compiled twin and no trajectory is recorded.
     """
+    if engine not in ("auto", "torch", "compiled"):
+        raise ValueError(f"engine must be 'auto', 'torch' or 'compiled', got {engine!r}")
+    if engine == "compiled" or (engine == "auto" and not record and fast.supports(policy)):
+        result = fast.fast_rollout(
+            state,
+            policy,
+            end_time,
+            energy_threshold=energy_threshold,
+            max_steps=max_steps,
+            step_caps=step_caps,
+            gated=gated,
+        )
+        if progress is not None:
+            progress(int(result.steps.max()))
+        return result
     zeros = torch.zeros(state.batch_size, dtype=state.positions.dtype)
     initial_energy = state.energy()
     initial_momentum, initial_angular = state.momentum(), state.angular_momentum()
@@ -115,17 +138,19 @@ def rollout(
     failed = torch.zeros(state.batch_size, dtype=torch.bool)
     max_error, max_step_error = zeros.clone(), zeros.clone()
     dt_min, dt_max, dt_sum = torch.full_like(zeros, float("inf")), zeros.clone(), zeros.clone()
+    proposed_min = torch.full_like(zeros, float("inf"))
     energy = initial_energy
     records = _Recorder(state) if record else None
     policy.start(state)
     with torch.no_grad():
         for _ in range(max_steps):
-            active = (end_time - state.time > _END_TOLERANCE * end_time.abs()) & ~failed
+            active = (end_time - state.time > END_TOLERANCE * end_time.abs()) & ~failed
             if step_caps is not None:
                 active &= steps < step_caps
             if not bool(active.any()):
                 break
             proposed, seen = policy.propose_with_snapshot(state, history)
+            proposed_min = torch.where(active, torch.minimum(proposed_min, proposed), proposed_min)
             dt = torch.where(active, torch.minimum(proposed, end_time - state.time), zeros)
             candidate, new_energy, step_error = _try_step(state, dt, energy)
             force_evaluations += active * (1 + policy.extra_force_evaluations)
@@ -138,8 +163,7 @@ def rollout(
             moved = active & ~broke
             failed |= broke
             policy.observe(dt, step_error, moved)
-            if seen is not None:
-                history = history.push_where(moved, seen)
+            history = policy.remember(history, seen, dt, step_error, moved)
             state = candidate.where(moved, state)
             energy = torch.where(moved, new_energy, energy)
             steps += moved
@@ -165,7 +189,8 @@ def rollout(
         dt_min=dt_min,
         dt_max=dt_max,
         dt_mean=dt_sum / steps.clamp_min(1),
-        reached_end=end_time - state.time <= _END_TOLERANCE * end_time.abs(),
+        proposed_dt_min=proposed_min,
+        reached_end=end_time - state.time <= END_TOLERANCE * end_time.abs(),
         failed=failed,
         momentum_drift=(state.momentum() - initial_momentum).norm(dim=-1),
         angular_momentum_drift=(state.angular_momentum() - initial_angular).reshape(state.batch_size, -1).norm(dim=-1),

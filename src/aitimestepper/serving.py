@@ -14,7 +14,8 @@ A request is a table with one row per system:
 The answer has one row per system: ``steps``, ``gate_pass_rate``, ``max_energy_error``,
 ``final_energy_error``, ``dt_mean``, ``dt_min``, ``dt_max``, ``reached_end``, ``failed``,
 ``time``, ``final_positions``, ``final_velocities``. Systems are integrated with the learned
-policy in batches of equal N, D and softening, with the same leapfrog step as everywhere else.
+policy in batches of equal N and D (each with its own softening), with the same leapfrog step as
+everywhere else.
 """
 
 from __future__ import annotations
@@ -128,19 +129,22 @@ def simulate_requests(policy: LearnedPolicy, requests: list[SystemRequest], ener
     """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, request in enumerate(requests):
-        groups[(len(request.masses), len(request.positions[0]), request.softening)].append(index)
+        groups[(len(request.masses), len(request.positions[0]))].append(index)
     rows: list[dict[str, Any] | None] = [None] * len(requests)
-    for (_, _, softening), indices in groups.items():
+    for indices in groups.values():
         chosen = [requests[i] for i in indices]
         thresholds = torch.tensor(
             [energy_threshold if r.energy_threshold is None else r.energy_threshold for r in chosen], dtype=DTYPE
         )
-        state = State.from_arrays(
-            torch.tensor([r.positions for r in chosen], dtype=DTYPE),
-            torch.tensor([r.velocities for r in chosen], dtype=DTYPE),
-            torch.tensor([r.masses for r in chosen], dtype=DTYPE),
-            softening,
-        )
+        try:
+            state = State.from_arrays(
+                torch.tensor([r.positions for r in chosen], dtype=DTYPE),
+                torch.tensor([r.velocities for r in chosen], dtype=DTYPE),
+                torch.tensor([r.masses for r in chosen], dtype=DTYPE),
+                torch.tensor([r.softening for r in chosen], dtype=DTYPE),
+            )
+        except ValueError as error:  # e.g. coincident bodies: "system k" is the k-th of these rows
+            raise RequestError(f"invalid simulation request (rows {indices}, in this order): {error}") from None
         result = rollout(
             state,
             policy.at_threshold(thresholds),

@@ -1,14 +1,13 @@
 """Simulation: integrate systems with any policy and report metrics, a trajectory and plots.
 
-Systems come from an initial-conditions file or from the ``simulation`` section of the params
-(a suite of equal-mass Kepler binaries). Policies come from a checkpoint path, an MLflow model
-URI (``models:/name@alias``, ``runs:/...``) or a classical policy name; a learned policy is
-rebuilt from its config contract alone and uses its own ``energy_threshold``.
+Systems come from an initial-conditions file or from ``simulation.systems`` (a family spec of
+:mod:`aitimestepper.systems`, drawn from ``seed``). Policies come from a checkpoint path, an
+MLflow model URI (``models:/name@alias``, ``runs:/...``) or a classical policy name; a learned
+policy is rebuilt from its config contract alone and uses its own ``energy_threshold``.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,38 +18,27 @@ import torch
 from aitimestepper.atomic import write_atomic, write_json
 from aitimestepper.config import Params
 from aitimestepper.model import LearnedPolicy
-from aitimestepper.physics.initial_conditions import KeplerElements, kepler_binary, load_systems
-from aitimestepper.physics.state import State
-from aitimestepper.policies import TimeStepPolicy, make_policy
+from aitimestepper.policies import CLASSICAL_POLICIES, TimeStepPolicy, make_policy
 from aitimestepper.rollout import Rollout, rollout
-from aitimestepper.training.sampler import characteristic_period
+from aitimestepper.systems.families import SystemSet, crossing_time
+from aitimestepper.systems.files import load_systems
 
-CLASSICAL_POLICIES = ("fixed", "free_fall", "oracle")
-_PHASES = {"pericenter": 0.0, "apocenter": math.pi}
+#: the stream of the simulate stage's draws from ``seed`` (training draws use the seed itself)
+SIMULATION_SEED_OFFSET = 2_000_003
 
 
-def simulation_binaries(params: Params) -> KeplerElements:
-    """The binaries of the simulation stage: ``simulation.eccentricities`` cycled over
-    ``simulation.num_systems`` equal-mass systems with a = 1 and the total mass of the
-    initial conditions; random start phases are drawn from ``seed``."""
-    sim = params.simulation
-    count = sim.num_systems
-    eccentricity = torch.tensor(
-        [sim.eccentricities[k % len(sim.eccentricities)] for k in range(count)], dtype=torch.float64
-    )
-    if sim.start_phase == "random":
-        generator = torch.Generator().manual_seed(params.seed)
-        mean_anomaly = 2.0 * math.pi * torch.rand(count, generator=generator, dtype=torch.float64)
-    else:
-        mean_anomaly = torch.full((count,), _PHASES[sim.start_phase], dtype=torch.float64)
-    ones = torch.ones(count, dtype=torch.float64)
-    return KeplerElements(
-        eccentricity=eccentricity,
-        semi_major_axis=ones,
-        total_mass=ones * params.initial_conditions.total_mass,
-        mass_ratio=ones,
-        mean_anomaly=mean_anomaly,
-    )
+def simulation_systems(params: Params) -> list[SystemSet]:
+    """The systems of ``simulation.systems``, drawn from ``seed``, one set per (N, D)."""
+    generator = torch.Generator().manual_seed(params.seed + SIMULATION_SEED_OFFSET)
+    entry = params.simulation.systems
+    return entry.draw_all_dims(entry.systems, generator)
+
+
+def file_systems(path: Path) -> SystemSet:
+    """The systems of an initial-conditions file, their time scale the crossing time."""
+    state = load_systems(path)
+    labels = [{"family": "file", "file": str(path), "index": k} for k in range(state.batch_size)]
+    return SystemSet("file", state, crossing_time(state), labels)
 
 
 def load_any_policy(source: str | Path, params: Params) -> TimeStepPolicy:
@@ -91,8 +79,7 @@ def threshold_of(policy: TimeStepPolicy, params: Params) -> float:
 
 def run_simulation(
     policy: TimeStepPolicy,
-    state: State,
-    periods: torch.Tensor,
+    systems: SystemSet,
     *,
     energy_threshold: float,
     end_time: torch.Tensor,
@@ -101,17 +88,15 @@ def run_simulation(
     record: bool = False,
     progress=None,
 ) -> tuple[dict[str, Any], Rollout]:
-    """Integrate ``state`` until ``end_time`` (B,) and summarize per system and overall.
-
-    Args:
-        periods: (B,) each system's orbital (or characteristic) period, to express costs per orbit.
+    """Integrate ``systems`` until ``end_time`` (B,) and summarise per system and overall; costs
+    are per time scale of each system.
 
     Returns:
         (JSON-ready metrics, the raw rollout).
     """
     started = time.perf_counter()
     result = rollout(
-        state,
+        systems.state,
         policy,
         end_time,
         energy_threshold=energy_threshold,
@@ -121,14 +106,14 @@ def run_simulation(
         progress=progress,
     )
     wall_time = time.perf_counter() - started
-    systems = _per_system(result, state, end_time / periods)
+    rows = _per_system(result, systems)
     metrics = {
         "policy": policy.name,
         "gated": gated,
         "energy_threshold": energy_threshold,
         "wall_time_s": wall_time,
-        "summary": _summary(systems, wall_time),
-        "systems": systems,
+        "summary": _summary(rows, wall_time),
+        "systems": rows,
     }
     return metrics, result
 
@@ -138,86 +123,109 @@ def simulate_from_params(
     policy_source: str | Path,
     *,
     ics: Path | None = None,
-    periods: float | None = None,
+    time_scales: float | None = None,
     duration: float | None = None,
     gated: bool = False,
     energy_threshold: float | None = None,
+    eta: float | None = None,
     record: bool = True,
     progress=None,
-) -> tuple[dict[str, Any], Rollout]:
-    """The simulation stage: systems from ``ics`` (or the params' binaries), for ``duration``
-    time units or ``periods`` periods (default ``simulation.duration_periods``), gated (and, for
-    policies that read one, aimed) at ``energy_threshold`` (default: :func:`threshold_of`)."""
+) -> list[tuple[dict[str, Any], Rollout]]:
+    """The simulation stage: systems from ``ics`` (or ``simulation.systems``), for ``duration``
+    time units or ``time_scales`` time scales (default ``simulation.systems.duration``), gated
+    (and, for policies that read one, aimed) at ``energy_threshold`` (default: :func:`threshold_of`).
+
+    Returns:
+        One (metrics, rollout) per group of systems of equal N and D.
+    """
+    if eta is not None:
+        params = params.model_copy(update={"simulation": params.simulation.model_copy(update={"eta": eta})})
     policy = load_any_policy(policy_source, params)
     if energy_threshold is None:
         energy_threshold = threshold_of(policy, params)
     else:
         policy = policy.at_threshold(energy_threshold)
-    if ics is not None:
-        state = load_systems(ics)
-        orbit = characteristic_period(state)
-        extra = {}
-    else:
-        elements = simulation_binaries(params)
-        state = kepler_binary(elements, dim=params.physics.dim, softening=params.physics.softening)
-        orbit = elements.period
-        extra = {"eccentricity": elements.eccentricity}
-    if duration is not None:
-        end_time = torch.full((state.batch_size,), float(duration), dtype=torch.float64)
-    else:
-        end_time = (periods or params.simulation.duration_periods) * orbit
-    metrics, result = run_simulation(
-        policy,
-        state,
-        orbit,
-        energy_threshold=energy_threshold,
-        end_time=end_time,
-        max_steps=params.simulation.max_steps,
-        gated=gated,
-        record=record,
-        progress=progress,
-    )
-    for key, values in extra.items():
-        for system, value in zip(metrics["systems"], values.tolist(), strict=True):
-            system[key] = value
-    metrics["source"] = str(policy_source)
-    return metrics, result
+    groups = [file_systems(ics)] if ics is not None else simulation_systems(params)
+    outputs = []
+    for systems in groups:
+        if duration is not None:
+            end_time = torch.full((systems.state.batch_size,), float(duration), dtype=torch.float64)
+        else:
+            end_time = (time_scales or params.simulation.systems.duration) * systems.time_scale
+        metrics, result = run_simulation(
+            policy,
+            systems,
+            energy_threshold=energy_threshold,
+            end_time=end_time,
+            max_steps=params.simulation.max_steps,
+            gated=gated,
+            record=record,
+            progress=progress,
+        )
+        metrics["source"] = str(policy_source)
+        outputs.append((metrics, result))
+    return outputs
 
 
 def write_outputs(
-    metrics: dict[str, Any], result: Rollout, output: Path, trajectory: Path | None, plots_dir: Path | None
-) -> None:
-    """Metrics JSON, trajectory NPZ and plots, each written atomically."""
-    write_json(output, metrics)
-    if result.trajectory is not None and trajectory is not None:
-        arrays = {
-            "time": result.trajectory.time.numpy(),
-            "dt": result.trajectory.dt.numpy(),
-            "energy_error": result.trajectory.energy_error.numpy(),
-            "positions": result.trajectory.positions.numpy(),
-            "masses": result.final_state.masses.numpy(),
-        }
+    outputs: list[tuple[dict[str, Any], Rollout]], output: Path, trajectory: Path | None, plots_dir: Path | None
+) -> dict[str, Any]:
+    """Metrics JSON (one summary over every group), trajectory NPZ and plots, each written
+    atomically. With several groups of systems (different N or D) the trajectory arrays are
+    prefixed ``group<k>_`` and each group's plots go to ``plots_dir/group<k>``."""
+    merged = _merged([metrics for metrics, _ in outputs])
+    write_json(output, merged)
+    several = len(outputs) > 1
+    arrays = {}
+    for k, (metrics, result) in enumerate(outputs):
+        if result.trajectory is None:
+            continue
+        prefix = f"group{k}_" if several else ""
+        arrays.update(
+            {
+                f"{prefix}time": result.trajectory.time.numpy(),
+                f"{prefix}dt": result.trajectory.dt.numpy(),
+                f"{prefix}energy_error": result.trajectory.energy_error.numpy(),
+                f"{prefix}positions": result.trajectory.positions.numpy(),
+                f"{prefix}masses": result.final_state.masses.numpy(),
+            }
+        )
+        if plots_dir is not None:
+            from aitimestepper.plots import simulation_plots
+
+            directory = Path(plots_dir) / f"group{k}" if several else Path(plots_dir)
+            simulation_plots(result.trajectory, directory, title=f"{metrics['policy']} ({metrics['source']})")
+    if arrays and trajectory is not None:
 
         def save(tmp: Path) -> None:
             with tmp.open("wb") as handle:  # a file object: numpy would append .npz to a name
                 np.savez_compressed(handle, **arrays)
 
         write_atomic(Path(trajectory), save)
-    if result.trajectory is not None and plots_dir is not None:
-        from aitimestepper.plots import simulation_plots
-
-        simulation_plots(result.trajectory, Path(plots_dir), title=f"{metrics['policy']} ({metrics['source']})")
+    return merged
 
 
-def _per_system(result: Rollout, state: State, orbits: torch.Tensor) -> list[dict[str, Any]]:
+def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One metrics dict over the groups of a simulation."""
+    first = parts[0]
+    rows = [row for part in parts for row in part["systems"]]
+    wall_time = sum(part["wall_time_s"] for part in parts)
+    return {**first, "wall_time_s": wall_time, "summary": _summary(rows, wall_time), "systems": rows}
+
+
+def _per_system(result: Rollout, systems: SystemSet) -> list[dict[str, Any]]:
+    state = systems.state
     steps = result.steps.double().clamp_min(1)
+    elapsed = (result.final_state.time / systems.time_scale).clamp_min(torch.finfo(torch.float64).tiny)
     columns = {
         "num_bodies": torch.full_like(result.steps, state.num_bodies),
-        "orbits": orbits,
+        "dim": torch.full_like(result.steps, state.dim),
+        "time_scale": systems.time_scale,
+        "time_scales_simulated": elapsed,
         "steps": result.steps,
         "force_evaluations": result.force_evaluations,
-        "steps_per_orbit": result.steps.double() / orbits,
-        "force_evaluations_per_orbit": result.force_evaluations.double() / orbits,
+        "steps_per_time_scale": result.steps.double() / elapsed,
+        "force_evaluations_per_time_scale": result.force_evaluations.double() / elapsed,
         "gate_pass_rate": result.steps_passed / steps,
         "max_energy_error": result.max_energy_error,
         "final_energy_error": result.final_energy_error,
@@ -230,7 +238,10 @@ def _per_system(result: Rollout, state: State, orbits: torch.Tensor) -> list[dic
         "reached_end": result.reached_end,
         "failed": result.failed,
     }
-    return [{key: values[k].item() for key, values in columns.items()} for k in range(state.batch_size)]
+    return [
+        {**systems.labels[k], **{key: values[k].item() for key, values in columns.items()}}
+        for k in range(state.batch_size)
+    ]
 
 
 def _summary(systems: list[dict[str, Any]], wall_time: float) -> dict[str, Any]:
@@ -240,9 +251,11 @@ def _summary(systems: list[dict[str, Any]], wall_time: float) -> dict[str, Any]:
         "all_reached_end": all(s["reached_end"] for s in systems),
         "any_failed": any(s["failed"] for s in systems),
         "gate_pass_rate": sum(s["gate_pass_rate"] * s["steps"] for s in systems) / max(steps, 1),
-        "mean_steps_per_orbit": sum(s["steps_per_orbit"] for s in systems) / len(systems),
-        "mean_force_evaluations_per_orbit": sum(s["force_evaluations_per_orbit"] for s in systems) / len(systems),
+        "mean_steps_per_time_scale": sum(s["steps_per_time_scale"] for s in systems) / len(systems),
+        "mean_force_evaluations_per_time_scale": sum(s["force_evaluations_per_time_scale"] for s in systems)
+        / len(systems),
         "max_energy_error": max(s["max_energy_error"] for s in systems),
+        "max_step_energy_error": max(s["max_step_energy_error"] for s in systems),
         "max_momentum_drift": max(s["momentum_drift"] for s in systems),
         "steps_per_second": steps / max(wall_time, 1e-9),
     }

@@ -4,7 +4,8 @@ Every function works on a batch of B systems of N bodies in D dimensions and red
 bodies only, so each system's result depends on that system alone (batched equals unbatched,
 bit for bit). Units: G = 1; lengths, masses and times in any consistent unit system.
 
-Softening is Plummer softening: the pair distance r is replaced by sqrt(r**2 + eps**2).
+Softening is Plummer softening, one length per system: the pair distance r is replaced by
+sqrt(r**2 + eps**2). ``softening`` arguments are (B,) float64 tensors.
 """
 
 from __future__ import annotations
@@ -30,42 +31,46 @@ def pair_separations(positions: Tensor) -> Tensor:
     return components.unsqueeze(-2) - components.unsqueeze(-1)
 
 
-def softened_square_distances(separations: Tensor, softening: float) -> Tensor:
-    """Softened squared distances from (B, D, N, N) separations, self-pairs set to +inf:
-    shape (B, N, N).
+def softened_square_distances(separations: Tensor, softening: Tensor) -> Tensor:
+    """Softened squared distances from (B, D, N, N) separations and (B,) softening lengths,
+    self-pairs set to +inf: shape (B, N, N).
 
     Setting the diagonal to +inf makes every inverse power of it exactly zero, so self-pairs
     drop out of sums without producing NaN values or NaN gradients.
     """
-    square = separations.square().sum(dim=-3) + softening**2
+    square = separations.square().sum(dim=-3) + softening.square().view(-1, 1, 1)
     square.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
     return square
 
 
-def accelerations(positions: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:
+def accelerations(positions: Tensor, masses: Tensor, softening: Tensor) -> Tensor:
     """Gravitational acceleration of every body.
 
     Args:
         positions: (B, N, D) float64 positions.
         masses: (B, N) float64 masses, all positive.
-        softening: Plummer softening length eps >= 0 (same unit as positions).
+        softening: (B,) Plummer softening lengths eps >= 0 (length units).
 
     Returns:
         (B, N, D) accelerations a_i = G sum_j m_j (x_j - x_i) / (r_ij**2 + eps**2)**1.5.
     """
     separations = pair_separations(positions)
-    inverse_cube = softened_square_distances(separations, softening).pow(-1.5)
+    square = softened_square_distances(separations, softening)
+    # 1 / (s sqrt(s)), not s**-1.5: torch's pow rounds differently in the vectorised body and the
+    # scalar tail of a kernel, so a system's bits would depend on its place in the batch; division
+    # and sqrt give the same bits either way (measured; torch's sqrt is not always correctly rounded)
+    inverse_cube = (square * square.sqrt()).reciprocal()
     weights = GRAVITATIONAL_CONSTANT * masses.unsqueeze(-2) * inverse_cube
     return (weights.unsqueeze(-3) * separations).sum(dim=-1).transpose(-1, -2).contiguous()
 
 
-def potential_energy(positions: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:
+def potential_energy(positions: Tensor, masses: Tensor, softening: Tensor) -> Tensor:
     """Total gravitational potential energy -G sum_{i<j} m_i m_j / sqrt(r_ij**2 + eps**2).
 
     Args:
         positions: (B, N, D) float64 positions.
         masses: (B, N) float64 masses.
-        softening: Plummer softening length eps >= 0.
+        softening: (B,) Plummer softening lengths.
 
     Returns:
         (B,) potential energies.
@@ -80,7 +85,7 @@ def kinetic_energy(velocities: Tensor, masses: Tensor) -> Tensor:
     return 0.5 * (masses * velocities.square().sum(dim=-1)).sum(dim=-1)
 
 
-def total_energy(positions: Tensor, velocities: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:
+def total_energy(positions: Tensor, velocities: Tensor, masses: Tensor, softening: Tensor) -> Tensor:
     """Kinetic plus potential energy, shape (B,)."""
     return kinetic_energy(velocities, masses) + potential_energy(positions, masses, softening)
 
@@ -103,7 +108,7 @@ def angular_momentum(positions: Tensor, velocities: Tensor, masses: Tensor) -> T
     return torch.linalg.cross(positions, momenta, dim=-1).sum(dim=-2)
 
 
-def free_fall_times(positions: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:
+def free_fall_times(positions: Tensor, masses: Tensor, softening: Tensor) -> Tensor:
     """Pairwise free-fall time scales sqrt(r_ij**3 / (G (m_i + m_j))), softened.
 
     Returns:
@@ -114,11 +119,12 @@ def free_fall_times(positions: Tensor, masses: Tensor, softening: float = 0.0) -
 
 
 def free_fall_squared(square: Tensor, pair_mass: Tensor) -> Tensor:
-    """Squared pairwise free-fall times r_ij**3 / (G (m_i + m_j)) from (B, N, N) softened squared
-    distances and pair masses; r**3 is taken as r**2 sqrt(r**2), cheaper than pow(1.5)."""
+    """Squared pairwise free-fall times r_ij**3 / (G (m_i + m_j)) from softened squared
+    distances and pair masses of the same shape; r**3 is taken as r**2 sqrt(r**2), cheaper
+    than pow(1.5)."""
     return square * square.sqrt() / pair_mass / GRAVITATIONAL_CONSTANT
 
 
-def min_free_fall_time(positions: Tensor, masses: Tensor, softening: float = 0.0) -> Tensor:
+def min_free_fall_time(positions: Tensor, masses: Tensor, softening: Tensor) -> Tensor:
     """Shortest pairwise free-fall time of each system, shape (B,): the dynamical time scale."""
     return free_fall_times(positions, masses, softening).amin(dim=(-2, -1))

@@ -26,7 +26,7 @@ class State:
         masses: (B, N) masses, positive.
         accelerations: (B, N, D) gravitational accelerations at ``positions``.
         time: (B,) time of each system since its start.
-        softening: Plummer softening length shared by the batch.
+        softening: (B,) Plummer softening length of each system (length units, >= 0).
     """
 
     positions: Tensor
@@ -34,7 +34,7 @@ class State:
     masses: Tensor
     accelerations: Tensor
     time: Tensor
-    softening: float = 0.0
+    softening: Tensor
 
     @classmethod
     def from_arrays(
@@ -42,7 +42,7 @@ class State:
         positions: Tensor,
         velocities: Tensor,
         masses: Tensor,
-        softening: float = 0.0,
+        softening: float | Tensor = 0.0,
     ) -> State:
         """Build a validated state at time 0, computing the accelerations.
 
@@ -50,10 +50,12 @@ class State:
             positions: (B, N, D) positions, or (N, D) for one system; converted to float64.
             velocities: same shape as ``positions``.
             masses: (B, N) positive masses, or (N,) for one system.
-            softening: Plummer softening length, >= 0.
+            softening: Plummer softening length >= 0: one for every system, or (B,).
 
         Raises:
-            ValueError: naming the offending array and the rule it breaks.
+            ValueError: naming the offending array (and system and bodies) and the rule it breaks:
+                bad shapes, non-finite values, non-positive masses, negative softening, two
+                bodies at the same place without softening, non-finite accelerations.
         """
         positions = torch.as_tensor(positions, dtype=DTYPE)
         velocities = torch.as_tensor(velocities, dtype=DTYPE)
@@ -62,14 +64,20 @@ class State:
             positions, velocities = positions[None], velocities[None]
         if masses.ndim == 1:
             masses = masses[None]
-        _validate_arrays(positions, velocities, masses, softening)
+        _validate_arrays(positions, velocities, masses)
+        softening = _validated_softening(softening, positions.shape[0])
+        _refuse_coincident_bodies(positions, softening)
+        accelerations = gravity.accelerations(positions, masses, softening)
+        broken = ~accelerations.isfinite().flatten(start_dim=1).all(dim=1)
+        if bool(broken.any()):
+            raise ValueError(f"accelerations are not finite in system(s) {broken.nonzero().flatten().tolist()}")
         return cls(
             positions=positions,
             velocities=velocities,
             masses=masses,
-            accelerations=gravity.accelerations(positions, masses, softening),
+            accelerations=accelerations,
             time=torch.zeros(positions.shape[0], dtype=DTYPE, device=positions.device),
-            softening=float(softening),
+            softening=softening,
         )
 
     @property
@@ -122,18 +130,7 @@ class State:
 
     def replace_rows(self, index: Tensor, rows: State) -> State:
         """A copy with the systems at ``index`` (1-D indices) replaced by the systems of ``rows``."""
-
-        def put(mine: Tensor, theirs: Tensor) -> Tensor:
-            return mine.index_copy(0, index, theirs)
-
-        return State(
-            positions=put(self.positions, rows.positions),
-            velocities=put(self.velocities, rows.velocities),
-            masses=put(self.masses, rows.masses),
-            accelerations=put(self.accelerations, rows.accelerations),
-            time=put(self.time, rows.time),
-            softening=self.softening,
-        )
+        return self._combine(rows, lambda mine, theirs: mine.index_copy(0, index, theirs))
 
     def where(self, condition: Tensor, other: State) -> State:
         """Per system: this state where ``condition`` (B,) is True, ``other`` elsewhere."""
@@ -142,42 +139,24 @@ class State:
             shape = (-1,) + (1,) * (mine.ndim - 1)
             return torch.where(condition.view(shape), mine, theirs)
 
-        return State(
-            positions=pick(self.positions, other.positions),
-            velocities=pick(self.velocities, other.velocities),
-            masses=pick(self.masses, other.masses),
-            accelerations=pick(self.accelerations, other.accelerations),
-            time=pick(self.time, other.time),
-            softening=self.softening,
-        )
+        return self._combine(other, pick)
 
     @staticmethod
     def concatenate(states: Sequence[State]) -> State:
-        """Join batches of systems with the same N, D and softening along the batch axis."""
-        first = states[0]
-        if any(s.softening != first.softening for s in states):
-            raise ValueError("cannot concatenate states with different softening lengths")
-        return State(
-            positions=torch.cat([s.positions for s in states]),
-            velocities=torch.cat([s.velocities for s in states]),
-            masses=torch.cat([s.masses for s in states]),
-            accelerations=torch.cat([s.accelerations for s in states]),
-            time=torch.cat([s.time for s in states]),
-            softening=first.softening,
-        )
+        """Join batches of systems with the same N and D along the batch axis."""
+        return State(*(torch.cat(arrays) for arrays in zip(*(s._arrays() for s in states), strict=True)))
+
+    def _arrays(self) -> tuple[Tensor, ...]:
+        return (self.positions, self.velocities, self.masses, self.accelerations, self.time, self.softening)
 
     def _map(self, fn) -> State:
-        return State(
-            positions=fn(self.positions),
-            velocities=fn(self.velocities),
-            masses=fn(self.masses),
-            accelerations=fn(self.accelerations),
-            time=fn(self.time),
-            softening=self.softening,
-        )
+        return State(*(fn(array) for array in self._arrays()))
+
+    def _combine(self, other: State, fn) -> State:
+        return State(*(fn(mine, theirs) for mine, theirs in zip(self._arrays(), other._arrays(), strict=True)))
 
 
-def _validate_arrays(positions: Tensor, velocities: Tensor, masses: Tensor, softening: float) -> None:
+def _validate_arrays(positions: Tensor, velocities: Tensor, masses: Tensor) -> None:
     """Refuse arrays a simulation cannot start from, naming the array and the rule."""
     if positions.ndim != 3 or positions.shape[-1] not in (2, 3):
         raise ValueError(f"positions must have shape (B, N, D) with D in {{2, 3}}, got {tuple(positions.shape)}")
@@ -194,5 +173,28 @@ def _validate_arrays(positions: Tensor, velocities: Tensor, masses: Tensor, soft
             raise ValueError(f"{name} must be finite (found NaN or inf)")
     if not bool((masses > 0).all()):
         raise ValueError("masses must be > 0")
-    if not softening >= 0:
-        raise ValueError(f"softening must be >= 0, got {softening}")
+
+
+def _validated_softening(softening: float | Tensor, batch: int) -> Tensor:
+    """(B,) float64 softening lengths from one value or B values, each finite and >= 0."""
+    values = torch.as_tensor(softening, dtype=DTYPE)
+    if values.ndim == 0:
+        values = values.expand(batch).clone()
+    if values.shape != (batch,):
+        raise ValueError(f"softening must be one value or one per system ({batch}), got shape {tuple(values.shape)}")
+    if not bool((values.isfinite() & (values >= 0)).all()):
+        raise ValueError(f"softening must be finite and >= 0, got {values.tolist()}")
+    return values
+
+
+def _refuse_coincident_bodies(positions: Tensor, softening: Tensor) -> None:
+    """Two bodies at the same place without softening have an infinite force between them."""
+    separations = gravity.pair_separations(positions).square().sum(dim=1)  # (B, N, N)
+    separations.diagonal(dim1=-2, dim2=-1).fill_(float("inf"))
+    coincident = (separations == 0) & (softening == 0).view(-1, 1, 1)
+    if bool(coincident.any()):
+        system, first, second = coincident.triu().nonzero()[0].tolist()
+        raise ValueError(
+            f"system {system}: bodies {first} and {second} are at the same position without softening "
+            f"(infinite force); move them apart or set a softening length > 0"
+        )

@@ -8,13 +8,13 @@ import torch
 from torch import Tensor
 
 from aitimestepper.config import Params
-from aitimestepper.features import snapshot_width
+from aitimestepper.features import ROW_WIDTH, history_row
 from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.state import State
 from aitimestepper.training.buffer import ReplayBuffer
-from aitimestepper.training.sampler import SystemSampler, draw_thresholds
-from aitimestepper.training.step import gated_step, optimizer_step
+from aitimestepper.training.mixture import MixtureSampler, draw_thresholds
+from aitimestepper.training.step import gated_steps, optimizer_step
 
 
 class RetrainLimitError(RuntimeError):
@@ -28,122 +28,184 @@ class CollectionStats:
     values: dict[str, float]
 
 
+@dataclass
+class Lane:
+    """The Part 1 systems of one body count N (3-D), with per-system bookkeeping, each (B,):
+    ``end_time``, ``source`` (index into the sampler's sources), ``threshold`` (the system's
+    gate), ``rejections`` (consecutive rejections of its current state)."""
+
+    state: State
+    history: History
+    end_time: Tensor
+    source: Tensor
+    threshold: Tensor
+    rejections: Tensor
+
+    def replace(self, rows: Tensor, state: State, history: History) -> None:
+        self.state = self.state.replace_rows(rows, state)
+        self.history = self.history.replace_rows(rows, history)
+
+
 class Collector:
-    """``num_orbits`` systems followed side by side; each epoch every one of them accepts
-    ``steps_per_epoch`` steps, rejected systems driving optimizer steps and retrying the same state.
+    """``training.num_systems`` systems of the training mixture followed side by side, in lanes
+    of equal body count; each epoch every one of them accepts ``steps_per_epoch`` steps, rejected
+    systems driving optimizer steps and retrying the same state.
 
     Each system is gated at its own threshold, drawn with it (:func:`draw_thresholds`). Systems
-    that exhaust their orbit budget, become unbound (E >= 0) or non-finite are replaced by fresh
-    draws, so collection covers every orbital phase and many systems.
+    that exhaust their time budget, become unbound (E >= 0) or non-finite are replaced by fresh
+    draws of the same source, and so is a system rejected ``training.max_retries_per_state`` times
+    in a row on one state (a close encounter the network cannot yet resolve must not stall the
+    epoch; counted as ``part1/stuck_redrawn``).
     """
 
-    def __init__(self, params: Params, sampler: SystemSampler) -> None:
+    def __init__(self, params: Params, sampler: MixtureSampler) -> None:
         self.params = params
         self.sampler = sampler
-        self.state, period = sampler.draw(params.training.num_orbits)
-        self.end_time = params.training.orbit_budget * period
-        self.energy_threshold = draw_thresholds(params, self.state.batch_size, sampler.generator)
-        self.history = History.empty(
-            self.state.batch_size, params.features.history_len, snapshot_width(params.features.family)
-        )
+        self.lanes: dict[int, Lane] = {}
+        for bodies, (state, time_scale, source) in sampler.lanes().items():
+            count = state.batch_size
+            self.lanes[bodies] = Lane(
+                state=state,
+                history=History.empty(count, params.features.history_len, ROW_WIDTH),
+                end_time=params.training.time_budget * time_scale,
+                source=source,
+                threshold=draw_thresholds(params, count, sampler.generator),
+                rejections=torch.zeros(count, dtype=torch.int64),
+            )
+
+    @property
+    def num_systems(self) -> int:
+        return sum(lane.state.batch_size for lane in self.lanes.values())
 
     def collect(self, policy: LearnedPolicy, optimizer: torch.optim.Optimizer, buffer: ReplayBuffer) -> CollectionStats:
         """Run Part 1 once; accepted pre-step states (with their windows) go to ``buffer``,
         except warm-up states whose history is still zero-padded."""
         params, training = self.params, self.params.training
-        batch = self.state.batch_size
-        accepted = torch.zeros(batch, dtype=torch.int64)
-        retries = torch.zeros(batch, dtype=torch.int64)
-        attempts = retrain_steps = skipped_updates = warmup_discarded = redrawn = 0
+        accepted = {n: torch.zeros(lane.state.batch_size, dtype=torch.int64) for n, lane in self.lanes.items()}
+        retries = {n: torch.zeros_like(count) for n, count in accepted.items()}
+        attempts = retrain_steps = skipped_updates = warmup_discarded = 0
+        redrawn = {"finished": 0, "stuck": 0}
         accepted_errors: list[Tensor] = []
         accepted_fractions: list[Tensor] = []
-        while bool((accepted < training.steps_per_epoch).any()):
-            active = (accepted < training.steps_per_epoch).nonzero().squeeze(1)
-            state, history = self.state.select(active), self.history.select(active)
-            outcome = gated_step(policy, state, history, self.energy_threshold[active], params)
-            attempts += active.numel()
-            if not bool(outcome.passed.all()):
+        while True:
+            active = {n: (count < training.steps_per_epoch).nonzero().squeeze(1) for n, count in accepted.items()}
+            active = {n: rows for n, rows in active.items() if rows.numel()}
+            if not active:
+                break
+            lanes = {n: self.lanes[n] for n in active}
+            states = [lanes[n].state.select(rows) for n, rows in active.items()]
+            histories = [lanes[n].history.select(rows) for n, rows in active.items()]
+            thresholds = [lanes[n].threshold[rows] for n, rows in active.items()]
+            outcomes, loss = gated_steps(policy, states, histories, thresholds, params)
+            attempts += sum(rows.numel() for rows in active.values())
+            if not all(bool(outcome.passed.all()) for outcome in outcomes):
                 if training.max_retrain_steps is not None and retrain_steps >= training.max_retrain_steps:
+                    rejected = sum(int((~outcome.passed).sum()) for outcome in outcomes)
                     raise RetrainLimitError(
                         f"Part 1 reached training.max_retrain_steps = {training.max_retrain_steps} optimizer steps "
-                        f"in one epoch with {int((~outcome.passed).sum())} systems still rejected; raise the cap, "
+                        f"in one epoch with {rejected} systems still rejected; raise the cap, "
                         f"lower the learning rate or loosen energy_threshold"
                     )
-                stepped = optimizer_step(outcome.loss, optimizer, policy.network.parameters(), training.grad_clip)
+                stepped = optimizer_step(loss, optimizer, policy.network.parameters(), training.grad_clip)
                 retrain_steps += 1
                 skipped_updates += not stepped
-                retries[active[~outcome.passed]] += 1
-            passed = outcome.passed
-            if bool(passed.any()):
-                keep = passed & ~history.warming_up()
-                warmup_discarded += int((passed & history.warming_up()).sum())
-                buffer.add(state.select(keep), history.select(keep))
-                accepted_errors.append(outcome.error[passed] / self.energy_threshold[active][passed])
-                accepted_fractions.append(outcome.dt[passed] / outcome.seen.free_fall_time[passed])
-                rows = active[passed]
-                self.history = self.history.replace_rows(rows, history.select(passed).push(outcome.seen.rows[passed]))
-                self.state = self.state.replace_rows(rows, outcome.after.select(passed))
-                accepted[rows] += 1
-            redrawn += self._redraw_finished()
+            for (bodies, rows), state, history, threshold, outcome in zip(
+                active.items(), states, histories, thresholds, outcomes, strict=True
+            ):
+                lane = lanes[bodies]
+                passed = outcome.passed
+                retries[bodies][rows[~passed]] += 1
+                lane.rejections[rows] = torch.where(passed, 0, lane.rejections[rows] + 1)
+                if bool(passed.any()):
+                    warming = history.warming_up()
+                    buffer.add(state.select(passed & ~warming), history.select(passed & ~warming))
+                    warmup_discarded += int((passed & warming).sum())
+                    accepted_errors.append(outcome.error[passed] / threshold[passed])
+                    scale = outcome.seen.min_step[passed] * threshold[passed] ** (1.0 / 3.0)
+                    accepted_fractions.append(outcome.dt[passed] / scale)
+                    row = history_row(
+                        outcome.seen.rows[passed], outcome.dt[passed], outcome.error[passed], threshold[passed]
+                    )
+                    lane.replace(rows[passed], outcome.after.select(passed), history.select(passed).push(row))
+                    accepted[bodies][rows[passed]] += 1
+            for bodies in active:
+                finished, stuck = self._redraw(bodies)
+                redrawn["finished"] += finished
+                redrawn["stuck"] += stuck
         errors = torch.cat(accepted_errors)
         fractions = torch.cat(accepted_fractions)
-        needed = retries[retries > 0]
+        all_retries = torch.cat(list(retries.values()))
+        needed = all_retries[all_retries > 0]
         return CollectionStats(
             {
-                "acceptance_rate": float(accepted.sum()) / attempts,
+                "acceptance_rate": float(sum(int(c.sum()) for c in accepted.values())) / attempts,
                 "attempts": float(attempts),
                 "retrain_steps": float(retrain_steps),
                 "skipped_updates": float(skipped_updates),
                 "retrain_iterations_mean": float(needed.double().mean()) if needed.numel() else 0.0,
-                "retrain_iterations_max": float(retries.max()),
+                "retrain_iterations_max": float(all_retries.max()),
                 "error_over_threshold_mean": float(errors.mean()),
                 "error_over_threshold_max": float(errors.max()),
-                "dt_over_tff_mean": float(fractions.mean()),
-                "dt_over_tff_min": float(fractions.min()),
-                "dt_over_tff_max": float(fractions.max()),
+                "dt_over_energy_free_fall_mean": float(fractions.mean()),
+                "dt_over_energy_free_fall_min": float(fractions.min()),
+                "dt_over_energy_free_fall_max": float(fractions.max()),
                 "warmup_discarded": float(warmup_discarded),
-                "redrawn": float(redrawn),
+                "redrawn": float(redrawn["finished"]),
+                "stuck_redrawn": float(redrawn["stuck"]),
             }
         )
 
-    def _redraw_finished(self) -> int:
-        """Replace systems past their orbit budget, unbound or non-finite; returns how many."""
-        finished = (self.state.time >= self.end_time) | (self.state.energy() >= 0) | ~self.state.finite_mask()
-        count = int(finished.sum())
-        if count:
-            rows = finished.nonzero().squeeze(1)
-            fresh, period = self.sampler.draw(count)
-            self.state = self.state.replace_rows(rows, fresh)
-            self.end_time = self.end_time.index_copy(0, rows, self.params.training.orbit_budget * period)
-            thresholds = draw_thresholds(self.params, count, self.sampler.generator)
-            self.energy_threshold = self.energy_threshold.index_copy(0, rows, thresholds)
-            self.history = self.history.reset_where(finished)
-        return count
+    def _redraw(self, bodies: int) -> tuple[int, int]:
+        """Replace the systems of lane ``bodies`` that are past their time budget, unbound,
+        non-finite or stuck; returns (finished, stuck) counts."""
+        lane = self.lanes[bodies]
+        state = lane.state
+        finished = (state.time >= lane.end_time) | (state.energy() >= 0) | ~state.finite_mask()
+        stuck = lane.rejections >= self.params.training.max_retries_per_state
+        replace = finished | stuck
+        if not bool(replace.any()):
+            return 0, 0
+        rows = replace.nonzero().squeeze(1)
+        fresh, time_scale = self.sampler.redraw(lane.source[rows])
+        lane.replace(rows, fresh, History.empty(rows.numel(), lane.history.length, ROW_WIDTH))
+        lane.end_time = lane.end_time.index_copy(0, rows, self.params.training.time_budget * time_scale)
+        lane.threshold = lane.threshold.index_copy(
+            0, rows, draw_thresholds(self.params, rows.numel(), self.sampler.generator)
+        )
+        lane.rejections[rows] = 0
+        return int(finished.sum()), int((stuck & ~finished).sum())
 
     def state_dict(self) -> dict:
         """Tensors of the systems being followed, for resuming."""
-        s, h = self.state, self.history
         return {
-            "positions": s.positions,
-            "velocities": s.velocities,
-            "masses": s.masses,
-            "accelerations": s.accelerations,
-            "time": s.time,
-            "end_time": self.end_time,
-            "energy_threshold": self.energy_threshold,
-            "history_rows": h.rows,
-            "filled": h.filled,
+            str(n): {
+                "positions": lane.state.positions,
+                "velocities": lane.state.velocities,
+                "masses": lane.state.masses,
+                "accelerations": lane.state.accelerations,
+                "time": lane.state.time,
+                "softening": lane.state.softening,
+                "history_rows": lane.history.rows,
+                "filled": lane.history.filled,
+                "end_time": lane.end_time,
+                "source": lane.source,
+                "threshold": lane.threshold,
+                "rejections": lane.rejections,
+            }
+            for n, lane in self.lanes.items()
         }
 
     def load_state_dict(self, saved: dict) -> None:
-        self.state = State(
-            saved["positions"],
-            saved["velocities"],
-            saved["masses"],
-            saved["accelerations"],
-            saved["time"],
-            self.state.softening,
-        )
-        self.end_time = saved["end_time"]
-        self.energy_threshold = saved["energy_threshold"]
-        self.history = History(saved["history_rows"], saved["filled"])
+        self.lanes = {
+            int(n): Lane(
+                state=State(
+                    v["positions"], v["velocities"], v["masses"], v["accelerations"], v["time"], v["softening"]
+                ),
+                history=History(v["history_rows"], v["filled"]),
+                end_time=v["end_time"],
+                source=v["source"],
+                threshold=v["threshold"],
+                rejections=v["rejections"],
+            )
+            for n, v in saved.items()
+        }

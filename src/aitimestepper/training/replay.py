@@ -6,9 +6,10 @@ import torch
 
 from aitimestepper.config import Params
 from aitimestepper.model import LearnedPolicy
+from aitimestepper.physics.state import State
 from aitimestepper.training.buffer import ReplayBuffer
-from aitimestepper.training.sampler import draw_thresholds
-from aitimestepper.training.step import gated_step, optimizer_step
+from aitimestepper.training.mixture import draw_thresholds
+from aitimestepper.training.step import gated_steps, optimizer_step
 
 
 def replay(
@@ -33,25 +34,33 @@ def replay(
     """
     training = params.training
     if len(buffer) == 0:
-        return {"converged": 0.0, "iterations": 0.0, "pass_rate": float("nan"), "loss_mean": float("nan")}
+        return {"converged": 0.0, "iterations": 0.0, "pass_rate": 0.0, "loss_mean": 0.0}
     converged, iterations, skipped, loss_total = False, 0, 0, 0.0
     for iterations in range(1, training.replay_steps + 1):  # noqa: B007 (iterations is reported)
-        state, history = buffer.sample(training.replay_batch_size, generator)
+        batches = buffer.sample(training.replay_batch_size, generator)
+        states, histories = [state for state, _ in batches], [history for _, history in batches]
         thresholds = draw_thresholds(params, training.replay_batch_size, generator)
-        outcome = gated_step(policy, state, history, thresholds, params)
-        fractions = outcome.error / thresholds
-        loss_total += float(outcome.loss.detach())
-        if bool(outcome.passed.all()) and iterations >= training.replay_min_steps:
+        outcomes, loss = gated_steps(policy, states, histories, list(thresholds.split(_sizes(states))), params)
+        loss_total += float(loss.detach())
+        passed = torch.cat([outcome.passed for outcome in outcomes])
+        if bool(passed.all()) and iterations >= training.replay_min_steps:
             converged = True
             break
-        skipped += not optimizer_step(outcome.loss, optimizer, policy.network.parameters(), training.grad_clip)
-    finite_fractions = fractions[outcome.finite]
+        skipped += not optimizer_step(loss, optimizer, policy.network.parameters(), training.grad_clip)
+    fractions = torch.cat([outcome.error for outcome in outcomes]) / thresholds
+    finite = torch.cat([outcome.finite for outcome in outcomes])
+    finite_fractions = fractions[finite]
     return {
         "converged": float(converged),
         "iterations": float(iterations),
-        "pass_rate": float(outcome.passed.double().mean()),
-        "error_over_threshold_mean": float(finite_fractions.mean()) if finite_fractions.numel() else float("inf"),
-        "error_over_threshold_max": float(fractions.max()),
+        "pass_rate": float(passed.double().mean()),
+        "error_over_threshold_mean": float(finite_fractions.mean()) if finite_fractions.numel() else 0.0,
+        "error_over_threshold_max": float(finite_fractions.max()) if finite_fractions.numel() else 0.0,
+        "non_finite": float((~finite).sum()),
         "loss_mean": loss_total / iterations,
         "skipped_updates": float(skipped),
     }
+
+
+def _sizes(states: list[State]) -> list[int]:
+    return [state.batch_size for state in states]

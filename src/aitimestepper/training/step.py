@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from aitimestepper.config import Params
-from aitimestepper.features import Snapshot
+from aitimestepper.features import PairLook
 from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.integrator import step_energy_error
@@ -18,43 +18,66 @@ from aitimestepper.training.loss import band_loss, shrink_loss
 
 @dataclass(frozen=True)
 class GatedStep:
-    """The outcome of one step of each of B systems with the policy's dt.
+    """The outcome of one step of each of B systems (of one body count) with the policy's dt.
 
     Attributes:
         dt: (B,) steps taken (detached).
         error: (B,) relative energy errors (detached; inf where non-finite).
         after: the states after the step (detached).
-        seen: the snapshot of the states before the step (rows for their history windows,
-            free-fall times).
+        seen: the policy's look at the states before the step (rows for their history windows).
         finite: (B,) bool, the step produced finite values.
         passed: (B,) bool, finite and error <= the system's threshold.
-        loss: scalar mean loss over the batch, differentiable with respect to the network;
-            finite by construction (non-finite systems only contribute a dt-halving term that
-            does not pass through the physics).
+        losses: (B,) per-system losses, differentiable with respect to the network; finite by
+            construction (non-finite systems only contribute a dt-halving term that does not pass
+            through the physics).
     """
 
     dt: Tensor
     error: Tensor
     after: State
-    seen: Snapshot
+    seen: PairLook
     finite: Tensor
     passed: Tensor
-    loss: Tensor
+    losses: Tensor
+
+
+def gated_steps(
+    policy: LearnedPolicy,
+    states: list[State],
+    histories: list[History],
+    thresholds: list[Tensor],
+    params: Params,
+) -> tuple[list[GatedStep], Tensor]:
+    """Predict dt for the systems of every batch (one network call), each aimed at its threshold,
+    take one leapfrog step per system and score it against that threshold.
+
+    Args:
+        policy: the learned policy being trained.
+        states, histories: batches of systems (one body count each) and their windows.
+        thresholds: (B_g,) float64 threshold of each system of each batch.
+        params: the loss settings.
+
+    Returns:
+        One :class:`GatedStep` per batch, and the mean loss over all systems (a scalar).
+    """
+    looks = [policy.look(state) for state in states]
+    steps = policy.steps_from_looks(looks, histories, torch.cat(thresholds))
+    outcomes = [
+        _scored(state, dt, seen, threshold, params)
+        for state, dt, seen, threshold in zip(states, steps, looks, thresholds, strict=True)
+    ]
+    return outcomes, torch.cat([outcome.losses for outcome in outcomes]).mean()
 
 
 def gated_step(
     policy: LearnedPolicy, state: State, history: History, energy_threshold: Tensor, params: Params
-) -> GatedStep:
-    """Predict dt for every system aimed at its threshold, take one leapfrog step, score the step
-    against that threshold.
+) -> tuple[GatedStep, Tensor]:
+    """:func:`gated_steps` of a single batch."""
+    outcomes, loss = gated_steps(policy, [state], [history], [energy_threshold], params)
+    return outcomes[0], loss
 
-    Args:
-        policy: the learned policy being trained.
-        state, history: B systems and their snapshot windows.
-        energy_threshold: (B,) float64 threshold of each system.
-        params: the loss settings.
-    """
-    dt, look = policy.step_size(state, history, energy_threshold)
+
+def _scored(state: State, dt: Tensor, seen: PairLook, energy_threshold: Tensor, params: Params) -> GatedStep:
     after, error = step_energy_error(state, dt)
     finite = after.finite_mask() & error.isfinite()
     if bool(finite.all()):
@@ -62,21 +85,19 @@ def gated_step(
     else:  # redo the physics on the finite systems only, so no NaN enters the graph
         good = finite.nonzero().squeeze(1)
         _, good_error = step_energy_error(state.select(good), dt[good])
-        losses = torch.cat(
-            [
-                _band(good_error, energy_threshold[good], params),
-                shrink_loss(dt[~finite].log()),
-            ]
-        )
+        losses = torch.zeros_like(dt)
+        losses = losses.index_put((good,), _band(good_error, energy_threshold[good], params))
+        bad = (~finite).nonzero().squeeze(1)
+        losses = losses.index_put((bad,), shrink_loss(dt[bad].log()))
     error = error.detach()
     return GatedStep(
         dt=dt.detach(),
         error=error,
         after=after.detach(),
-        seen=look,
+        seen=seen,
         finite=finite,
         passed=finite & (error <= energy_threshold),
-        loss=losses.mean(),
+        losses=losses,
     )
 
 

@@ -10,28 +10,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numba
 import torch
 
 from aitimestepper.checkpoint import model_payload, read_checkpoint, save_checkpoint
 from aitimestepper.config import Params
-from aitimestepper.features import compute_features, snapshot, snapshot_width
+from aitimestepper.features import ROW_WIDTH, history_row, system_context
 from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy, build_network
-from aitimestepper.physics.integrator import leapfrog_step
+from aitimestepper.physics.integrator import step_energy_error
 from aitimestepper.training.buffer import ReplayBuffer
 from aitimestepper.training.collection import Collector
+from aitimestepper.training.mixture import MixtureSampler, draw_thresholds
 from aitimestepper.training.replay import replay
-from aitimestepper.training.sampler import SystemSampler, draw_thresholds
-from aitimestepper.training.validation import score, validate
+from aitimestepper.training.validation import score, validate, validation_sets
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
-_NORMALIZATION_SAMPLES = 1024
-#: intra-op threads of a training run. Its tensors are small, and with one thread every float sum
-#: is taken in the same order on every machine: the trained weights do not depend on the core
-#: count (measured: 2 threads and 1 thread trained different models from the same params)
+#: intra-op threads of a training run (torch's and the compiled validation rollouts'). Its tensors
+#: are small, and with one thread every float sum is taken in the same order on every machine: the
+#: trained weights do not depend on the core count (measured: 2 threads and 1 thread trained
+#: different models from the same params)
 TRAINING_THREADS = 1
 
 
@@ -86,12 +87,14 @@ def train(
         epoch_logger: receives each epoch's metrics.
         on_epoch: progress callback ``on_epoch(epoch, metrics)``.
     """
-    threads = torch.get_num_threads()
+    threads, compiled = torch.get_num_threads(), numba.get_num_threads()
     torch.set_num_threads(TRAINING_THREADS)
+    numba.set_num_threads(TRAINING_THREADS)  # validation rollouts run compiled: one thread too
     try:
         return _train(params, Path(models_dir), resume, epoch_logger, on_epoch)
     finally:
         torch.set_num_threads(threads)
+        numba.set_num_threads(compiled)
 
 
 def _train(
@@ -107,11 +110,12 @@ def _train(
     generator = torch.Generator().manual_seed(params.seed)
     network = build_network(params)
     policy = LearnedPolicy(network, params)
-    sampler = SystemSampler(params, generator)
-    network.set_normalization(_normalization_inputs(params, sampler))
+    sampler = MixtureSampler(params, generator)
+    network.set_normalization(*_normalization_inputs(params, policy, sampler))
     optimizer = torch.optim.Adam(network.parameters(), lr=params.training.learning_rate)
     collector = Collector(params, sampler)
-    buffer = ReplayBuffer(params.training.replay_capacity, params.physics.softening)
+    buffer = ReplayBuffer(params.training.replay_capacity)
+    checking = validation_sets(params)
     history: list[dict[str, float]] = []
     best: dict[str, float] = {}
     start_epoch = 0
@@ -119,7 +123,8 @@ def _train(
         saved = read_checkpoint(checkpoint_path)
         if _resumable_contract(saved.get("contract", {})) != _resumable_contract(params.to_contract()):
             raise ValueError(
-                f"cannot resume from {checkpoint_path}: it was written with other params (only epochs may change); "
+                f"cannot resume from {checkpoint_path}: it was written with other training params "
+                f"({', '.join(TRAINING_SETTINGS[1:])}; epochs, simulation, evaluation and tracking may change); "
                 f"delete it or restore the params it was trained with"
             )
         network.load_state_dict(saved["model_state"])
@@ -138,7 +143,8 @@ def _train(
         part1 = collector.collect(policy, optimizer, buffer).values
         part2 = replay(policy, optimizer, buffer, params, generator)
         network.eval()
-        validation = validate(policy, params)
+        validated = epoch % params.training.validate_every == 0 or epoch == params.epochs
+        validation = validate(policy, params, checking) if validated else {}
         metrics = {
             **{f"part1/{k}": v for k, v in part1.items()},
             **{f"part2/{k}": v for k, v in part2.items()},
@@ -149,7 +155,7 @@ def _train(
             "epoch_time_s": time.perf_counter() - epoch_started,
         }
         history.append(metrics)
-        if not best or score(validation) > score(_unprefixed(best)):
+        if validated and (not best or score(validation) > score(_unprefixed(best))):
             best = {"epoch": float(epoch), **{f"validation/{k}": v for k, v in validation.items()}}
             save_checkpoint(model_path, model_payload(network, params, epoch, validation))
         if epoch % params.training.checkpoint_every == 0 or epoch == params.epochs:
@@ -192,23 +198,36 @@ def learning_rate(params: Params, epoch: int) -> float:
     return last + 0.5 * (first - last) * (1.0 + math.cos(math.pi * progress))
 
 
-def _normalization_inputs(params: Params, sampler: SystemSampler) -> torch.Tensor:
-    """Network inputs of freshly drawn systems after ``history_len + 4`` small steps (full
-    windows): their features and log(threshold / energy_threshold) of drawn training thresholds."""
-    state, _ = sampler.draw(_NORMALIZATION_SAMPLES)
-    thresholds = draw_thresholds(params, _NORMALIZATION_SAMPLES, sampler.generator)
-    family = params.features.family
-    history = History.empty(state.batch_size, params.features.history_len, snapshot_width(family))
-    for _ in range(params.features.history_len + 4):
-        history = history.push(snapshot(state, family).rows)
-        state = leapfrog_step(state, params.model.initial_dt_fraction * state.free_fall_time())
-    log_ratio = (thresholds / params.energy_threshold).log().unsqueeze(1)
-    return torch.cat([compute_features(state, history, family), log_ratio], dim=1)
+def _normalization_inputs(
+    params: Params, policy: LearnedPolicy, sampler: MixtureSampler
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Network inputs of freshly drawn training systems after ``history_len + 4`` small steps
+    (full windows): (S, F) candidate-pair features and (S', C) contexts with the
+    log(threshold / energy_threshold) column of drawn training thresholds."""
+    pair_features, contexts = [], []
+    for state, _, _ in sampler.lanes().values():
+        history = History.empty(state.batch_size, params.features.history_len, ROW_WIDTH)
+        for _ in range(params.features.history_len + 4):
+            seen = policy.look(state)
+            dt = params.model.initial_correction * seen.min_step * params.energy_threshold ** (1.0 / 3.0)
+            after, error = step_energy_error(state, dt)
+            history = history.push(history_row(seen.rows, dt, error, params.energy_threshold))
+            state = after
+        seen = policy.look(state)
+        thresholds = draw_thresholds(params, state.batch_size, sampler.generator)
+        log_ratio = (thresholds / params.energy_threshold).log().unsqueeze(1)
+        pair_features.append(seen.pair_features.flatten(0, 1))
+        contexts.append(torch.cat([system_context(seen, history), log_ratio], dim=1))
+    return torch.cat(pair_features), torch.cat(contexts)
+
+
+#: the settings training reads, besides ``epochs`` (a run may be resumed to train longer)
+TRAINING_SETTINGS = ("contract_version", "energy_threshold", "seed", "systems", "features", "model", "training")
 
 
 def _resumable_contract(contract: dict[str, Any]) -> dict[str, Any]:
-    """The contract without ``epochs``: a run may be resumed to train longer."""
-    return {k: v for k, v in contract.items() if k != "epochs"}
+    """The part of a contract a resumed run must share with the checkpoint."""
+    return {k: contract.get(k) for k in TRAINING_SETTINGS}
 
 
 def _unprefixed(metrics: dict[str, float]) -> dict[str, float]:
@@ -225,8 +244,9 @@ def _summary(history: list[dict[str, float]], best: dict[str, float], wall_time:
         "wall_time_s": wall_time,
         "part2_convergence_rate": sum(h["part2/converged"] for h in history) / len(history),
         "final_part2_pass_rate": last["part2/pass_rate"],
-        "final_dt_over_tff_mean": last["part1/dt_over_tff_mean"],
+        "final_dt_over_energy_free_fall_mean": last["part1/dt_over_energy_free_fall_mean"],
         "kept_epoch": int(best["epoch"]),
         "kept_validation_pass_rate": best["validation/pass_rate"],
-        "kept_validation_steps_per_orbit": best["validation/steps_per_orbit"],
+        "kept_validation_worst_family_pass_rate": best["validation/worst_family_pass_rate"],
+        "kept_validation_steps_per_time_scale": best["validation/steps_per_time_scale"],
     }

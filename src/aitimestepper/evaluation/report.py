@@ -1,0 +1,308 @@
+"""The evaluation stage: does the learned stepper beat the tuned classical rules on every family?
+
+For every threshold (``energy_threshold`` of the model and ``evaluation.extra_thresholds``) and
+every family of the held-out suite (:mod:`aitimestepper.evaluation.suite`): the classical rules
+are tuned on training-seed systems of the family and frozen (:mod:`.tuning`); then every policy
+integrates the held-out systems: the learned model ungated and gated, fixed dt, free-fall,
+energy-normalised free-fall, PRS23, the energy-feedback controller (gated) and the greedy oracle.
+Costs follow one convention (:mod:`aitimestepper.policies`); ratios are per system, to the
+oracle's steps and to the family's *best classical* policy: the cheapest classical policy whose
+steps pass the gate at least ``PASS_TARGET`` of the time on the family (the controller, gated,
+always qualifies). Rollouts run compiled, in parallel over systems; every system's run is
+deterministic, so the report does not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aitimestepper.config import Params
+from aitimestepper.evaluation.runs import run_family
+from aitimestepper.evaluation.suite import Family, scaled_family, suite, tuning_family
+from aitimestepper.evaluation.tuning import tuned_values
+from aitimestepper.model import LearnedPolicy
+from aitimestepper.policies import (
+    PRS23,
+    EnergyFeedback,
+    EnergyFreeFall,
+    FixedStep,
+    FreeFall,
+    Oracle,
+    pairwise_passes_per_step,
+)
+
+#: a policy whose steps pass this often on a family meets the accuracy bar there
+PASS_TARGET = 0.999
+CLASSICAL = ("fixed", "free_fall", "energy_free_fall", "prs23", "energy_feedback")
+COST_CONVENTION = (
+    "force evaluations per time scale: every force evaluation counts one, rejected tries of gated runs included; "
+    "one look at the state after its force evaluation (positions, velocities, accelerations) is shared with the "
+    "step; every further pairwise pass counts one (PRS23: +1 for the snap); the oracle is reported both in steps "
+    "(force_evaluations, the yardstick of every ratio) and with every trial step (evaluations)"
+)
+
+
+def contenders(learned: LearnedPolicy, threshold: float, tuned: dict[str, float]) -> dict[str, tuple]:
+    """name -> (policy, gated) for one threshold, with the tuned values of one family."""
+    aimed = learned.at_threshold(threshold)
+    return {
+        "learned": (aimed, False),
+        "learned_gated": (aimed, True),
+        "fixed": (FixedStep(tuned["fixed"]), False),
+        "free_fall": (FreeFall(tuned["free_fall"]), False),
+        "energy_free_fall": (EnergyFreeFall(tuned["energy_free_fall"]), False),
+        "prs23": (PRS23(tuned["prs23"]), False),
+        "energy_feedback": (EnergyFeedback(threshold, target=tuned["energy_feedback"]), True),
+        "oracle": (Oracle(threshold), False),
+    }
+
+
+def evaluate_family(params: Params, source: str, family: Family, threshold: float) -> dict[str, Any]:
+    """Tune the classical rules for ``family``, run every policy on it, summarise."""
+    learned = _load_learned(source)
+    tuned = tuned_values(params, tuning_family(params, family), threshold)
+    results: dict[str, list[dict[str, Any]]] = {}
+    passes: dict[str, int] = {}
+    for name, (policy, gated) in contenders(learned, threshold, tuned).items():
+        results[name] = run_family(
+            family, policy, energy_threshold=threshold, gated=gated, max_steps=params.simulation.max_steps
+        )
+        passes[name] = pairwise_passes_per_step(policy)
+    return {**family_report(results), "tuned": tuned, "pairwise_passes_per_step": passes}
+
+
+def scale_transfer(params: Params, source: str, family: Family, threshold: float) -> dict[str, float]:
+    """Largest relative difference of the learned policy's steps per time scale between each
+    scaled copy of ``family`` (``evaluation.scaled_copies``) and the original system."""
+    learned = _load_learned(source).at_threshold(threshold)
+    max_steps = params.simulation.max_steps
+
+    def steps(chosen: Family) -> list[float]:
+        rows = run_family(chosen, learned, energy_threshold=threshold, gated=False, max_steps=max_steps)
+        return [row["steps_per_time_scale"] for row in rows]
+
+    base = steps(family)
+    deviations = {
+        f"L{length:g},M{mass:g}": max(
+            abs(copy / original - 1.0)
+            for copy, original in zip(steps(scaled_family(family, length, mass)), base, strict=True)
+        )
+        for length, mass in params.evaluation.scaled_copies
+    }
+    return {"max_relative_steps_difference": max(deviations.values(), default=0.0), **deviations}
+
+
+def family_report(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per-system rows with their ratios, per-policy summaries and the best classical policy."""
+    oracle = results["oracle"]
+    summary = {}
+    for name, rows in results.items():
+        for row, reference in zip(rows, oracle, strict=True):
+            row["ratio_to_oracle"] = row["force_evaluations_per_time_scale"] / reference["steps_per_time_scale"]
+        summary[name] = _policy_summary(rows)
+    qualified = [name for name in CLASSICAL if summary[name]["gate_pass_rate"] >= PASS_TARGET]
+    best = min(qualified or ["energy_feedback"], key=lambda name: summary[name]["median_ratio_to_oracle"])
+    for name, rows in results.items():
+        ratios = [
+            row["force_evaluations_per_time_scale"] / reference["force_evaluations_per_time_scale"]
+            for row, reference in zip(rows, results[best], strict=True)
+        ]
+        summary[name]["median_ratio_to_best_classical"] = statistics.median(ratios)
+        for row, ratio in zip(rows, ratios, strict=True):
+            row["ratio_to_best_classical"] = ratio
+    systems = [
+        {
+            **{k: v for k, v in oracle[k].items() if k not in _PER_POLICY},
+            **{name: _own(rows[k]) for name, rows in results.items()},
+        }
+        for k in range(len(oracle))
+    ]
+    return {"best_classical": best, "summary": summary, "systems": systems}
+
+
+_PER_POLICY = (
+    "force_evaluations_per_time_scale",
+    "steps_per_time_scale",
+    "evaluations_per_time_scale",
+    "time_scales_simulated",
+    "gate_pass_rate",
+    "max_step_error_over_threshold",
+    "max_energy_error",
+    "final_energy_error",
+    "reached_end",
+    "failed",
+    "ratio_to_oracle",
+    "ratio_to_best_classical",
+)
+
+
+def _own(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in _PER_POLICY if k in row}
+
+
+def _policy_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    steps = [row["steps_per_time_scale"] * row["time_scales_simulated"] for row in rows]
+    passed = sum(row["gate_pass_rate"] * s for row, s in zip(rows, steps, strict=True))
+    return {
+        "gate_pass_rate": passed / max(sum(steps), 1.0),
+        "worst_system_pass_rate": min(row["gate_pass_rate"] for row in rows),
+        "max_step_error_over_threshold": max(row["max_step_error_over_threshold"] for row in rows),
+        "median_force_evaluations_per_time_scale": statistics.median(
+            row["force_evaluations_per_time_scale"] for row in rows
+        ),
+        "median_evaluations_per_time_scale": statistics.median(row["evaluations_per_time_scale"] for row in rows),
+        "median_ratio_to_oracle": statistics.median(row["ratio_to_oracle"] for row in rows),
+        "max_ratio_to_oracle": max(row["ratio_to_oracle"] for row in rows),
+        "max_energy_error": max(row["max_energy_error"] for row in rows),
+        "median_final_energy_error": statistics.median(row["final_energy_error"] for row in rows),
+        "all_reached_end": float(all(row["reached_end"] for row in rows)),
+        "any_failed": float(any(row["failed"] for row in rows)),
+    }
+
+
+def targets(family_name: str, report: dict[str, Any]) -> dict[str, Any]:
+    """The few-body issue's acceptance checks for the learned policy on one family."""
+    summary = report["summary"]
+    learned, gated = summary["learned"], summary["learned_gated"]
+    best_to_oracle = summary[report["best_classical"]]["median_ratio_to_oracle"]
+    smooth = best_to_oracle <= 1.17
+    cost_ok = learned["median_ratio_to_best_classical"] <= 0.9 or (smooth and learned["median_ratio_to_oracle"] <= 1.05)
+    checks = {
+        "pass_rate": learned["gate_pass_rate"] >= PASS_TARGET,
+        "worst_system_pass_rate": learned["worst_system_pass_rate"] >= 0.99,
+        "max_step_error": learned["max_step_error_over_threshold"] <= 2.0,
+        "cost_vs_best_classical": cost_ok,
+        "cost_vs_oracle": learned["median_ratio_to_oracle"] <= (1.15 if family_name.startswith("binar") else 1.3),
+        "gated_cost": gated["median_force_evaluations_per_time_scale"]
+        <= 1.05 * learned["median_force_evaluations_per_time_scale"],
+    }
+    return {**checks, "all": all(checks.values()), "best_classical_within_1.17_of_oracle": smooth}
+
+
+def evaluate(params: Params, source: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The full report: per threshold and family, tuned values, per-system rows, summaries,
+    the best classical policy, the acceptance checks, and the scale transfer.
+
+    Args:
+        params: the settings (suite, thresholds, tuning).
+        source: the learned model's checkpoint path.
+        progress: called with a label after each family is done.
+    """
+    learned = _load_learned(source)
+    trained = learned.params.energy_threshold
+    levels = [trained, *(t for t in params.evaluation.extra_thresholds if t != trained)]
+    families = suite(params)
+    jobs = [(family, threshold) for threshold in levels for family in families]
+    scaled = [family for family in families if family.spec.family in ("binary", "hierarchical_triple")]
+    report: dict[str, Any] = {
+        "source": str(source),
+        "trained_threshold": trained,
+        "cost_convention": COST_CONVENTION,
+        "pass_target": PASS_TARGET,
+        "thresholds": {f"{t:g}": {"families": {}, "scale_transfer": {}} for t in levels},
+    }
+    for family, threshold in jobs:
+        level = f"{threshold:g}"
+        result = evaluate_family(params, source, family, threshold)
+        result["targets"] = targets(family.name, result)
+        report["thresholds"][level]["families"][family.name] = result
+        if progress is not None:
+            progress(f"{level} {family.name}")
+    for threshold in levels:
+        for family in scaled:
+            report["thresholds"][f"{threshold:g}"]["scale_transfer"][family.name] = scale_transfer(
+                params, source, family, threshold
+            )
+    report["summary"] = summary_table(report)
+    return report
+
+
+def summary_table(report: dict[str, Any]) -> dict[str, Any]:
+    """Per threshold and family: median ratio to the oracle of every policy, the learned policy's
+    median ratio to the best classical one, its pass rate and whether every target holds."""
+    table = {}
+    for level, per_threshold in report["thresholds"].items():
+        table[level] = {
+            name: {
+                **{policy: round(values["median_ratio_to_oracle"], 4) for policy, values in data["summary"].items()},
+                "best_classical": data["best_classical"],
+                "learned_to_best_classical": round(data["summary"]["learned"]["median_ratio_to_best_classical"], 4),
+                "learned_pass_rate": round(data["summary"]["learned"]["gate_pass_rate"], 6),
+                "targets_met": data["targets"]["all"],
+            }
+            for name, data in per_threshold["families"].items()
+        }
+    return table
+
+
+def headline(report: dict[str, Any]) -> dict[str, float]:
+    """The numbers that decide promotion, at the trained threshold: the worst family's pass rate
+    of the learned (ungated) policy and the geometric mean over families of its median cost
+    relative to the oracle."""
+    families = report["thresholds"][f"{report['trained_threshold']:g}"]["families"].values()
+    learned = [data["summary"]["learned"] for data in families]
+    return {
+        "worst_family_pass_rate": min(values["gate_pass_rate"] for values in learned),
+        "cost_ratio_to_oracle": math.exp(statistics.fmean(math.log(v["median_ratio_to_oracle"]) for v in learned)),
+    }
+
+
+def dt_curves(params: Params, source: str, report: dict[str, Any]) -> dict[str, dict[str, tuple]]:
+    """Per family, dt / time scale against time / time scale along the first held-out system, for
+    the learned policy, the oracle and the family's best classical policy (trained threshold)."""
+    from aitimestepper.rollout import rollout
+
+    level = f"{report['trained_threshold']:g}"
+    learned = _load_learned(source)
+    threshold = report["trained_threshold"]
+    curves = {}
+    for family in suite(params):
+        data = report["thresholds"][level]["families"][family.name]
+        chosen = contenders(learned, threshold, data["tuned"])
+        first = family.groups[0].select(torch.tensor([0]))
+        curves[family.name] = {}
+        for name in dict.fromkeys(("learned", "oracle", data["best_classical"])):
+            policy, gated = chosen[name]
+            result = rollout(
+                first.state,
+                policy,
+                family.duration * first.time_scale,
+                energy_threshold=threshold,
+                max_steps=params.simulation.max_steps,
+                gated=gated,
+                record=True,
+            )
+            moved = result.trajectory.dt[1:, 0] > 0
+            scale = first.time_scale[0]
+            curves[family.name][name] = (
+                result.trajectory.time[:-1, 0][moved] / scale,
+                result.trajectory.dt[1:, 0][moved] / scale,
+            )
+    return curves
+
+
+def write_report(report: dict[str, Any], output: Path, plots_dir: Path | None, params: Params | None = None) -> None:
+    """The report JSON and, with ``plots_dir``, the cost-versus-accuracy panels of every family
+    and threshold and (given ``params``) dt along one run per family."""
+    from aitimestepper.atomic import write_json
+
+    write_json(output, report)
+    if plots_dir is None:
+        return
+    from aitimestepper.plots import cost_vs_accuracy, dt_along_runs
+
+    cost_vs_accuracy(report, Path(plots_dir) / "cost_vs_accuracy.png")
+    if params is not None:
+        dt_along_runs(dt_curves(params, report["source"], report), Path(plots_dir) / "dt_along_runs.png")
+
+
+def _load_learned(source: str) -> LearnedPolicy:
+    from aitimestepper.checkpoint import load_policy
+
+    return load_policy(Path(source))

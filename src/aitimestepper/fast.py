@@ -1,0 +1,212 @@
+"""The compiled rollout path: the same step, gate and policies as the torch reference, per system
+in compiled code (:mod:`aitimestepper.kernels`), in parallel over systems.
+
+:func:`supports` says whether a policy has a compiled twin (every classical policy, and the
+learned policy with tanh layers); :func:`fast_rollout` runs it and returns the same
+:class:`aitimestepper.rollout.Rollout` as the torch path, whose results it matches to round-off
+(tests compare them on every family). Trajectories are recorded by the torch path only.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aitimestepper.physics.state import DTYPE, State
+from aitimestepper.policies import PRS23, EnergyFeedback, EnergyFreeFall, FixedStep, FreeFall, Oracle, TimeStepPolicy
+
+_EMPTY = np.zeros(0)
+_EMPTY32 = np.zeros(0, dtype=np.float32)
+_NO_LAYOUT = np.zeros((0, 3), dtype=np.int64)
+
+
+#: the modules whose code or constants the compiled kernels are built from
+_KERNEL_SOURCES = (
+    "kernels/physics.py",
+    "kernels/learned.py",
+    "kernels/rollout.py",
+    "features.py",
+    "model.py",
+    "rollout.py",
+)
+
+
+@functools.cache
+def _kernels():
+    """The kernel module, compiled (or loaded from the on-disk cache) on first use.
+
+    Numba's cache notices a change of a kernel's own file only, not of the functions and constants
+    it imports: the cache lives in a directory named after a hash of every source the kernels are
+    built from (``$NUMBA_CACHE_DIR`` if set, else ``~/.cache/aitimestepper/numba-<hash>``), so an
+    edit to any of them compiles afresh instead of running stale code.
+    """
+    import numba
+
+    root = Path(__file__).parent
+    digest = hashlib.sha256(b"".join((root / name).read_bytes() for name in _KERNEL_SOURCES)).hexdigest()[:16]
+    base = Path(os.environ.get("NUMBA_CACHE_DIR") or Path.home() / ".cache" / "aitimestepper")
+    numba.config.CACHE_DIR = str(base / f"numba-{digest}")
+    from aitimestepper.kernels import rollout
+
+    return rollout
+
+
+def supports(policy: TimeStepPolicy) -> bool:
+    """Whether ``policy`` has a compiled twin."""
+    from aitimestepper.model import LearnedPolicy
+
+    if isinstance(policy, LearnedPolicy):
+        return policy.params.model.activation == "tanh"
+    return type(policy) in (FixedStep, FreeFall, EnergyFreeFall, PRS23, EnergyFeedback, Oracle)
+
+
+def fast_rollout(
+    state: State,
+    policy: TimeStepPolicy,
+    end_time: Tensor,
+    *,
+    energy_threshold: float | Tensor,
+    max_steps: int,
+    step_caps: Tensor | None = None,
+    gated: bool = False,
+):
+    """:func:`aitimestepper.rollout.rollout` in compiled code (no trajectory, no progress calls)."""
+    from aitimestepper.rollout import Rollout
+
+    kernels = _kernels()
+    batch = state.batch_size
+    positions = state.positions.detach().numpy().copy()
+    velocities = state.velocities.detach().numpy().copy()
+    accelerations = state.accelerations.detach().numpy().copy()
+    times = state.time.detach().numpy().copy()
+    gate = _per_system(energy_threshold, batch)
+    caps = (step_caps if step_caps is not None else torch.full((batch,), max_steps)).numpy().astype(np.int64)
+    spec = _kernel_policy(policy, batch, gate)
+    int_stats = np.zeros((batch, 4), dtype=np.int64)
+    float_stats = np.zeros((batch, 7))
+    kernels.rollout_kernel(
+        positions,
+        velocities,
+        accelerations,
+        state.masses.detach().numpy(),
+        state.softening.detach().numpy(),
+        times,
+        end_time.detach().numpy().astype(np.float64),
+        gate,
+        spec["aim"],
+        caps,
+        int(max_steps),
+        bool(gated),
+        kernels.KINDS[spec["kind"]],
+        spec["scalars"],
+        int(policy.extra_force_evaluations),
+        spec.get("grid", _EMPTY),
+        spec.get("log_reference", 0.0),
+        spec.get("history_length", 0),
+        spec.get("candidates", 0),
+        spec.get("temperature", 1.0),
+        spec.get("pair_mean", _EMPTY),
+        spec.get("pair_scale", _EMPTY),
+        spec.get("context_mean", _EMPTY),
+        spec.get("context_scale", _EMPTY),
+        spec.get("weights", _EMPTY32),
+        spec.get("layout", _NO_LAYOUT),
+        spec.get("embed_layers", 0),
+        spec.get("log_min", 0.0),
+        spec.get("log_max", 0.0),
+        int_stats,
+        float_stats,
+    )
+    final = State(
+        positions=torch.from_numpy(positions),
+        velocities=torch.from_numpy(velocities),
+        masses=state.masses,
+        accelerations=torch.from_numpy(accelerations),
+        time=torch.from_numpy(times),
+        softening=state.softening,
+    )
+    steps = torch.from_numpy(int_stats[:, 0].copy())
+    floats = torch.from_numpy(float_stats)
+    end = end_time.to(DTYPE)
+    return Rollout(
+        final_state=final,
+        steps=steps,
+        force_evaluations=torch.from_numpy(int_stats[:, 1].copy()),
+        steps_passed=torch.from_numpy(int_stats[:, 2].copy()),
+        max_energy_error=floats[:, 0].clone(),
+        final_energy_error=floats[:, 1].clone(),
+        max_step_error=floats[:, 2].clone(),
+        dt_min=floats[:, 3].clone(),
+        dt_max=floats[:, 4].clone(),
+        dt_mean=floats[:, 5] / steps.clamp_min(1),
+        proposed_dt_min=floats[:, 6].clone(),
+        reached_end=end - final.time <= 1e-12 * end.abs(),
+        failed=torch.from_numpy(int_stats[:, 3].copy()).bool(),
+        momentum_drift=(final.momentum() - state.momentum()).norm(dim=-1),
+        angular_momentum_drift=(final.angular_momentum() - state.angular_momentum()).reshape(batch, -1).norm(dim=-1),
+    )
+
+
+def _per_system(value: float | Tensor, batch: int) -> np.ndarray:
+    if isinstance(value, Tensor):
+        return value.detach().to(DTYPE).expand(batch).numpy().copy()
+    return np.full(batch, float(value))
+
+
+def _kernel_policy(policy: TimeStepPolicy, batch: int, gate: np.ndarray) -> dict:
+    """The kernel's description of ``policy``: its kind, numbers, the threshold it aims at (B,)."""
+    from aitimestepper.model import LearnedPolicy
+
+    if not supports(policy):
+        raise ValueError(f"policy {policy.name!r} has no compiled twin (the compiled network has tanh layers only)")
+    if isinstance(policy, FixedStep):
+        return {"kind": "fixed", "scalars": np.array([policy.dt]), "aim": gate}
+    if isinstance(policy, (FreeFall, EnergyFreeFall, PRS23)):
+        return {"kind": policy.name, "scalars": np.array([policy.eta]), "aim": gate}
+    if isinstance(policy, EnergyFeedback):
+        scalars = np.array([policy.target, policy.safety, policy.initial_fraction])
+        return {"kind": "energy_feedback", "scalars": scalars, "aim": _per_system(policy.energy_threshold, batch)}
+    if isinstance(policy, Oracle):
+        return {
+            "kind": "oracle",
+            "scalars": np.array([float(policy.bisections)]),
+            "grid": policy.grid.numpy(),
+            "aim": _per_system(policy.energy_threshold, batch),
+        }
+    if isinstance(policy, LearnedPolicy):
+        network = policy.network
+        blocks, layout, offset = [], [], 0
+        linears = [m for m in network.embed if isinstance(m, torch.nn.Linear)]
+        linears += [m for m in network.head if isinstance(m, torch.nn.Linear)] + [network.skip]
+        for linear in linears:
+            weight = linear.weight.detach().numpy().astype(np.float32).ravel()
+            bias = linear.bias.detach().numpy().astype(np.float32)
+            layout.append((linear.in_features, linear.out_features, offset))
+            blocks += [weight, bias]
+            offset += weight.size + bias.size
+        return {
+            "kind": "learned",
+            "scalars": _EMPTY,
+            "aim": _per_system(policy.energy_threshold, batch),
+            "log_reference": math.log(policy.params.energy_threshold),
+            "history_length": policy.history_len,
+            "candidates": policy.candidates,
+            "temperature": policy.temperature,
+            "pair_mean": network.pair_mean.numpy(),
+            "pair_scale": network.pair_scale.numpy(),
+            "context_mean": network.context_mean.numpy(),
+            "context_scale": network.context_scale.numpy(),
+            "weights": np.concatenate(blocks),
+            "layout": np.array(layout, dtype=np.int64),
+            "embed_layers": len(linears) - 3,
+            "log_min": network.log_min,
+            "log_max": network.log_max,
+        }
+    raise ValueError(f"policy {policy.name!r} has no compiled twin")

@@ -1,0 +1,205 @@
+"""The learned policy of one system, compiled: the look of :func:`aitimestepper.features.look` and
+the network of :class:`aitimestepper.model.PairNet`, operation by operation.
+
+The network's layers arrive as one flat float32 array of weights and a (L, 3) int64 layout
+(inputs, outputs, offset of the row-major weight matrix; its bias follows it): the embedding
+layers first, then the head's two, then the linear path from the inputs. Layers compute in
+float32 (products summed in float64, then rounded: within round-off of torch's float32 matrix
+products) with tanh activations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from aitimestepper.features import (
+    CANCELLATION_FLOOR,
+    CONTEXT_FEATURES,
+    LOG_FLOOR,
+    PAIR_FEATURES,
+    PERTURBATION_FLOOR,
+    RATE_STEP_CLIP,
+    SLOT_FEATURES,
+    TINY,
+)
+from aitimestepper.kernels.physics import (
+    com_kinetic_and_potential,
+    energy_error_rate,
+    pair_log_steps,
+    square_distance,
+)
+from aitimestepper.model import INPUT_CLIP
+
+
+@njit(cache=True)
+def _standardized(value, mean, scale):
+    """As the torch network: (value - mean) / scale, NaN to 0, clipped to +-INPUT_CLIP, in float32."""
+    standard = (value - mean) / scale
+    if math.isnan(standard):
+        standard = 0.0
+    return np.float32(min(max(standard, -INPUT_CLIP), INPUT_CLIP))
+
+
+@njit(cache=True)
+def _dense(weights, layout, layer, inputs, activate):
+    """One layer on a (K, in) float32 batch: (K, out) float32."""
+    size_in, size_out, offset = layout[layer, 0], layout[layer, 1], layout[layer, 2]
+    bias = offset + size_in * size_out
+    out = np.empty((inputs.shape[0], size_out), dtype=np.float32)
+    for k in range(inputs.shape[0]):
+        for o in range(size_out):
+            total = np.float64(weights[bias + o])
+            row = offset + o * size_in
+            for i in range(size_in):
+                total += np.float64(weights[row + i]) * np.float64(inputs[k, i])
+            value = np.float32(total)
+            out[k, o] = np.tanh(value) if activate else value
+    return out
+
+
+@njit(cache=True)
+def look_and_step(
+    positions,
+    velocities,
+    acc,
+    masses,
+    eps,
+    log_threshold,
+    log_reference,
+    history,
+    filled,
+    candidates,
+    temperature,
+    pair_mean,
+    pair_scale,
+    context_mean,
+    context_scale,
+    weights,
+    layout,
+    embed_layers,
+    log_min,
+    log_max,
+):
+    """log dt of the learned policy for one system, and the two quantities its look keeps.
+
+    Args:
+        history: (H, 4) float64 past rows, most recent first; ``filled`` of them are real.
+        log_threshold, log_reference: log of the system's threshold and of the contract's one.
+    """
+    count, dim = positions.shape
+    pairs = count * (count - 1) // 2
+    kinetic, potential = com_kinetic_and_potential(positions, velocities, masses, eps)
+    system_energy = max(abs(kinetic - potential), TINY)
+    log_energy = math.log(system_energy)
+    log_steps = np.empty(pairs)
+    pair_log_steps(positions, masses, eps, system_energy, log_steps)
+    minimum = log_steps.min()
+    shifted = np.empty(pairs)
+    for p in range(pairs):
+        shifted[p] = -3.0 * (log_steps[p] - minimum)
+    top = shifted.max()
+    total = 0.0
+    for p in range(pairs):
+        total += math.exp(shifted[p] - top)
+    crowding = -(top + math.log(total)) / 3.0
+    virial = math.log(2.0 * kinetic / max(potential, TINY) + LOG_FLOOR)
+    rate, spread = energy_error_rate(positions, velocities, acc, masses, eps)
+    rate_step = math.log(12.0 * system_energy / max(rate, TINY)) / 3.0 - minimum
+    rate_step = min(max(rate_step, -RATE_STEP_CLIP), RATE_STEP_CLIP)
+    cancellation = math.log(rate / max(spread, TINY) + CANCELLATION_FLOOR)
+
+    keep = min(pairs, candidates)
+    chosen = np.argsort(log_steps, kind="mergesort")[:keep]
+    first = np.empty(pairs, dtype=np.int64)
+    second = np.empty(pairs, dtype=np.int64)
+    p = 0
+    for i in range(count):
+        for j in range(i + 1, count):
+            first[p] = i
+            second[p] = j
+            p += 1
+
+    context_width = context_mean.shape[0]
+    context = np.empty(context_width)
+    context[0] = crowding
+    context[1] = virial
+    context[2] = rate_step
+    context[3] = cancellation
+    for slot in range(history.shape[0]):
+        valid = 1.0 if slot < filled else 0.0
+        start = CONTEXT_FEATURES + SLOT_FEATURES * slot
+        context[start] = valid
+        context[start + 1] = (history[slot, 0] - minimum) * valid
+        for q in range(1, 4):
+            context[start + 1 + q] = history[slot, q] * valid
+    context[context_width - 1] = log_threshold - log_reference
+
+    inputs = np.empty((keep, PAIR_FEATURES + context_width), dtype=np.float32)
+    for k in range(keep):
+        i, j = first[chosen[k]], second[chosen[k]]
+        square = square_distance(positions, i, j, eps)
+        bare = 0.0
+        speed = 0.0
+        radial = 0.0
+        for d in range(dim):
+            r = positions[j, d] - positions[i, d]
+            v = velocities[j, d] - velocities[i, d]
+            bare += r * r
+            speed += v * v
+            radial += r * v
+        mass = masses[i] + masses[j]
+        product = masses[i] * masses[j]
+        distance = math.sqrt(square)
+        scale = mass / (square * distance)
+        mutual_square = 0.0
+        residual_square = 0.0
+        for d in range(dim):
+            mutual = -scale * (positions[j, d] - positions[i, d])
+            mutual_square += mutual * mutual
+            residual = (acc[j, d] - acc[i, d]) - mutual
+            residual_square += residual * residual
+        perturbation = math.sqrt(residual_square) / max(math.sqrt(mutual_square), TINY)
+        features = (
+            math.log(speed * distance / mass + LOG_FLOOR),
+            radial / max(math.sqrt(bare * speed), TINY),
+            log_steps[chosen[k]] - log_steps[chosen[0]],
+            math.log(product / distance) - log_energy,
+            eps * eps / square,
+            math.log(min(masses[i], masses[j]) / max(masses[i], masses[j])),
+            math.log(perturbation + PERTURBATION_FLOOR),
+        )
+        for f in range(PAIR_FEATURES):
+            inputs[k, f] = _standardized(features[f], pair_mean[f], pair_scale[f])
+        for c in range(context_width):
+            inputs[k, PAIR_FEATURES + c] = _standardized(context[c], context_mean[c], context_scale[c])
+
+    hidden = inputs
+    for layer in range(embed_layers):
+        hidden = _dense(weights, layout, layer, hidden, True)
+    width = hidden.shape[1]
+    head_inputs = np.empty((keep, 2 * width), dtype=np.float32)
+    for o in range(width):
+        pooled = np.float32(0.0)
+        for k in range(keep):
+            pooled += hidden[k, o]
+        pooled = np.float32(pooled / np.float32(keep))
+        for k in range(keep):
+            head_inputs[k, o] = hidden[k, o]
+            head_inputs[k, width + o] = pooled
+    head = _dense(weights, layout, embed_layers, head_inputs, True)
+    corrections = _dense(weights, layout, embed_layers + 1, head, False)
+    skip = _dense(weights, layout, embed_layers + 2, inputs, False)
+
+    corrected = np.empty(keep)
+    for k in range(keep):
+        correction = min(max(np.float64(np.float32(corrections[k, 0] + skip[k, 0])), log_min), log_max)
+        corrected[k] = -(log_steps[chosen[k]] + correction) / temperature
+    top = corrected.max()
+    total = 0.0
+    for k in range(keep):
+        total += math.exp(corrected[k] - top)
+    log_dt = -temperature * (top + math.log(total)) + log_threshold / 3.0
+    return log_dt, minimum, crowding

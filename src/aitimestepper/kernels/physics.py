@@ -1,0 +1,249 @@
+"""Compiled (numba) physics of one system: forces, energy, the leapfrog step and the classical
+step criteria. Each mirrors its torch reference in :mod:`aitimestepper.physics` and
+:mod:`aitimestepper.features` operation by operation; sums over bodies and pairs run in a fixed
+sequential order (torch's reductions may group terms differently: the two agree to round-off).
+
+Arrays of one system: positions, velocities, accelerations (N, D) float64, masses (N,) float64;
+``eps`` its Plummer softening length. G = 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+TINY = 2.2250738585072014e-308  # smallest normal float64, as torch.finfo(float64).tiny
+
+
+@njit(cache=True)
+def square_distance(positions, i, j, eps):
+    """|x_j - x_i|**2 + eps**2, summed over components in order."""
+    total = 0.0
+    for d in range(positions.shape[1]):
+        r = positions[j, d] - positions[i, d]
+        total += r * r
+    return total + eps * eps
+
+
+@njit(cache=True)
+def accelerations(positions, masses, eps, out):
+    """Fill ``out`` (N, D) with a_i = sum_j m_j (x_j - x_i) / (r**2 + eps**2)**1.5."""
+    count, dim = positions.shape
+    for i in range(count):
+        for d in range(dim):
+            out[i, d] = 0.0
+        for j in range(count):
+            if j == i:
+                continue
+            square = square_distance(positions, i, j, eps)
+            weight = masses[j] * (1.0 / (square * math.sqrt(square)))
+            for d in range(dim):
+                out[i, d] += weight * (positions[j, d] - positions[i, d])
+
+
+@njit(cache=True)
+def energy(positions, velocities, masses, eps):
+    """Kinetic plus potential energy."""
+    count, dim = positions.shape
+    kinetic = 0.0
+    for i in range(count):
+        speed = 0.0
+        for d in range(dim):
+            speed += velocities[i, d] * velocities[i, d]
+        kinetic += masses[i] * speed
+    potential = 0.0
+    for i in range(count):
+        for j in range(i + 1, count):
+            potential += masses[i] * masses[j] * (1.0 / math.sqrt(square_distance(positions, i, j, eps)))
+    return 0.5 * kinetic - potential
+
+
+@njit(cache=True)
+def leapfrog(positions, velocities, acc, masses, eps, dt, new_positions, new_velocities, new_acc):
+    """One kick-drift-kick step into the ``new_*`` arrays (the inputs are left unchanged)."""
+    count, dim = positions.shape
+    half = 0.5 * dt
+    for i in range(count):
+        for d in range(dim):
+            kicked = velocities[i, d] + half * acc[i, d]
+            new_velocities[i, d] = kicked
+            new_positions[i, d] = positions[i, d] + dt * kicked
+    accelerations(new_positions, masses, eps, new_acc)
+    for i in range(count):
+        for d in range(dim):
+            new_velocities[i, d] = new_velocities[i, d] + half * new_acc[i, d]
+
+
+@njit(cache=True)
+def relative_error(before, after):
+    """|E1 - E0| / |E0| with |E0| floored, +inf for a non-finite E1."""
+    if not math.isfinite(after):
+        return math.inf
+    return abs(after - before) / max(abs(before), TINY)
+
+
+@njit(cache=True)
+def all_finite(values):
+    """Whether every entry is finite (a loop that stops at the first that is not; compiled)."""
+    for value in values.ravel():  # noqa: SIM110
+        if not math.isfinite(value):
+            return False
+    return True
+
+
+@njit(cache=True)
+def min_free_fall(positions, masses, eps):
+    """Shortest pairwise free-fall time sqrt(s**3 / (m_i + m_j))."""
+    count = positions.shape[0]
+    best = math.inf
+    for i in range(count):
+        for j in range(count):
+            if j == i:
+                continue
+            square = square_distance(positions, i, j, eps)
+            best = min(best, square * math.sqrt(square) / (masses[i] + masses[j]))
+    return math.sqrt(best)
+
+
+@njit(cache=True)
+def com_kinetic_and_potential(positions, velocities, masses, eps):
+    """Kinetic energy in the centre-of-mass frame and |W| = sum_{i<j} m_i m_j / s_ij."""
+    count, dim = positions.shape
+    total = 0.0
+    for i in range(count):
+        total += masses[i]
+    bulk = np.zeros(dim)
+    for d in range(dim):
+        momentum = 0.0
+        for i in range(count):
+            momentum += masses[i] * velocities[i, d]
+        bulk[d] = momentum / total
+    kinetic = 0.0
+    for i in range(count):
+        speed = 0.0
+        for d in range(dim):
+            relative = velocities[i, d] - bulk[d]
+            speed += relative * relative
+        kinetic += masses[i] * speed
+    potential = 0.0
+    for i in range(count):
+        for j in range(i + 1, count):
+            potential += masses[i] * masses[j] * (1.0 / math.sqrt(square_distance(positions, i, j, eps)))
+    return 0.5 * kinetic, potential
+
+
+@njit(cache=True)
+def pair_log_steps(positions, masses, eps, system_energy, out):
+    """Fill ``out`` (P,) with log of every pair's energy-normalised free-fall step (threshold 1),
+    pairs i < j row by row: log tau - (log(m_i m_j / s) - log |E|) / 3."""
+    count = positions.shape[0]
+    log_energy = math.log(system_energy)
+    k = 0
+    for i in range(count):
+        for j in range(i + 1, count):
+            square = square_distance(positions, i, j, eps)
+            log_tau = 0.5 * math.log(square * math.sqrt(square) / (masses[i] + masses[j]))
+            log_share = math.log(masses[i] * masses[j] * (1.0 / math.sqrt(square))) - log_energy
+            out[k] = log_tau - log_share / 3.0
+            k += 1
+
+
+@njit(cache=True)
+def min_energy_free_fall(positions, velocities, masses, eps):
+    """The smallest energy-normalised free-fall step of the system (threshold 1)."""
+    kinetic, potential = com_kinetic_and_potential(positions, velocities, masses, eps)
+    count = positions.shape[0]
+    steps = np.empty(count * (count - 1) // 2)
+    pair_log_steps(positions, masses, eps, max(abs(kinetic - potential), 1e-300), steps)
+    return math.exp(steps.min())
+
+
+@njit(cache=True)
+def jerk_and_snap(positions, velocities, acc, masses, eps, jerks, snaps):
+    """Fill ``jerks`` and ``snaps`` (N, D) with every body's analytic jerk and snap (as
+    :func:`aitimestepper.physics.derivatives.jerk_and_snap`)."""
+    count, dim = positions.shape
+    for i in range(count):
+        for d in range(dim):
+            jerks[i, d] = 0.0
+            snaps[i, d] = 0.0
+        for j in range(count):
+            if j == i:
+                continue
+            square = square_distance(positions, i, j, eps)
+            inverse_square = 1.0 / square
+            weight = masses[j] * (inverse_square / math.sqrt(square))
+            radial = 0.0
+            speed = 0.0
+            pull = 0.0
+            for d in range(dim):
+                r = positions[j, d] - positions[i, d]
+                v = velocities[j, d] - velocities[i, d]
+                radial += r * v
+                speed += v * v
+                pull += r * (acc[j, d] - acc[i, d])
+            alpha = radial * inverse_square
+            beta = (speed + pull) * inverse_square + alpha * alpha
+            for d in range(dim):
+                r = positions[j, d] - positions[i, d]
+                v = velocities[j, d] - velocities[i, d]
+                a = acc[j, d] - acc[i, d]
+                pair_acceleration = weight * r
+                pair_jerk = weight * v - 3.0 * alpha * pair_acceleration
+                jerks[i, d] += pair_jerk
+                snaps[i, d] += weight * a - 6.0 * alpha * pair_jerk - 3.0 * beta * pair_acceleration
+
+
+@njit(cache=True)
+def prs23(positions, velocities, acc, masses, eps):
+    """min over bodies of sqrt(2 |a|**2 / (|j|**2 + |a| |s|)), jerk j and snap s analytic."""
+    count, dim = positions.shape
+    jerks, snaps = np.empty((count, dim)), np.empty((count, dim))
+    jerk_and_snap(positions, velocities, acc, masses, eps, jerks, snaps)
+    best = math.inf
+    for i in range(count):
+        square_acceleration = 0.0
+        square_jerk = 0.0
+        square_snap = 0.0
+        for d in range(dim):
+            square_acceleration += acc[i, d] * acc[i, d]
+            square_jerk += jerks[i, d] * jerks[i, d]
+            square_snap += snaps[i, d] * snaps[i, d]
+        product = square_acceleration * square_snap
+        denominator = square_jerk + (math.sqrt(product) if product != 0.0 else 0.0)
+        if square_acceleration == 0.0 or denominator == 0.0:
+            continue
+        best = min(best, math.sqrt(2.0 * square_acceleration / denominator))
+    return best
+
+
+@njit(cache=True)
+def energy_error_rate(positions, velocities, acc, masses, eps):
+    """|R| and sum_i |m_i (2 a_i . j_i + v_i . s_i)|, R the rate of the leading-order one-step
+    energy error dt**3 R / 12 of kick-drift-kick, v in the centre-of-mass frame."""
+    count, dim = positions.shape
+    jerks, snaps = np.empty((count, dim)), np.empty((count, dim))
+    jerk_and_snap(positions, velocities, acc, masses, eps, jerks, snaps)
+    total_mass = 0.0
+    for i in range(count):
+        total_mass += masses[i]
+    bulk = np.zeros(dim)
+    for d in range(dim):
+        momentum = 0.0
+        for i in range(count):
+            momentum += masses[i] * velocities[i, d]
+        bulk[d] = momentum / total_mass
+    total = 0.0
+    spread = 0.0
+    for i in range(count):
+        acceleration_jerk = 0.0
+        velocity_snap = 0.0
+        for d in range(dim):
+            acceleration_jerk += acc[i, d] * jerks[i, d]
+            velocity_snap += (velocities[i, d] - bulk[d]) * snaps[i, d]
+        term = masses[i] * (2.0 * acceleration_jerk + velocity_snap)
+        total += term
+        spread += abs(term)
+    return abs(total), spread

@@ -1,0 +1,223 @@
+"""The compiled rollout: every system of a batch integrated on its own, in parallel over systems,
+with the same step, gate, policies and bookkeeping as :func:`aitimestepper.rollout.rollout`.
+
+Policies are chosen by ``kind`` (see ``KINDS``) with their numbers in ``scalars``:
+fixed [dt], free_fall / energy_free_fall / prs23 [eta], energy_feedback [target, safety,
+initial fraction of the energy-normalised free-fall step at the threshold], oracle [bisections]
+with its grid of step fractions in ``grid``, learned (network arrays in the ``learned_*`` args).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from aitimestepper.features import ERROR_CAP, ERROR_FLOOR
+from aitimestepper.kernels.learned import look_and_step
+from aitimestepper.kernels.physics import (
+    all_finite,
+    energy,
+    leapfrog,
+    min_energy_free_fall,
+    min_free_fall,
+    prs23,
+    relative_error,
+)
+from aitimestepper.rollout import END_TOLERANCE, GATE_MAX_REJECTIONS, GATE_SHRINK
+
+KINDS = {"fixed": 0, "free_fall": 1, "energy_free_fall": 2, "prs23": 3, "energy_feedback": 4, "oracle": 5, "learned": 6}
+#: columns of the per-system statistics: steps, force evaluations, passed steps (int64) ...
+INT_STATS = ("steps", "force_evaluations", "steps_passed", "failed")
+#: ... and max |E - E0| / |E0|, final one, max step error, dt min / max / sum, smallest proposal (float64)
+FLOAT_STATS = (
+    "max_energy_error",
+    "final_energy_error",
+    "max_step_error",
+    "dt_min",
+    "dt_max",
+    "dt_sum",
+    "proposed_dt_min",
+)
+
+
+@njit(cache=True)
+def _passes(positions, velocities, acc, masses, eps, dt, before, threshold, x1, v1, a1):
+    leapfrog(positions, velocities, acc, masses, eps, dt, x1, v1, a1)
+    return relative_error(before, energy(x1, v1, masses, eps)) <= threshold
+
+
+@njit(cache=True)
+def _oracle(positions, velocities, acc, masses, eps, before, threshold, grid, bisections, x1, v1, a1):
+    """The largest step at the upper edge of the passing interval that starts at small steps."""
+    scale = min_energy_free_fall(positions, velocities, masses, eps) * threshold ** (1.0 / 3.0)
+    points = grid.shape[0]
+    failure = points
+    for k in range(points):
+        if not _passes(positions, velocities, acc, masses, eps, scale * grid[k], before, threshold, x1, v1, a1):
+            failure = k
+            break
+    low = scale * grid[min(max(failure - 1, 0), points - 1)]
+    high = scale * grid[min(failure, points - 1)]
+    if 0 < failure < points:
+        for _ in range(bisections):
+            middle = math.sqrt(low * high)
+            if _passes(positions, velocities, acc, masses, eps, middle, before, threshold, x1, v1, a1):
+                low = middle
+            else:
+                high = middle
+    return low
+
+
+@njit(cache=True, parallel=True)
+def rollout_kernel(
+    positions,
+    velocities,
+    accelerations,
+    masses,
+    softening,
+    times,
+    end_time,
+    threshold,
+    aim,
+    caps,
+    max_steps,
+    gated,
+    kind,
+    scalars,
+    extra_evaluations,
+    grid,
+    log_reference,
+    history_length,
+    candidates,
+    temperature,
+    pair_mean,
+    pair_scale,
+    context_mean,
+    context_scale,
+    weights,
+    layout,
+    embed_layers,
+    log_min,
+    log_max,
+    int_stats,
+    float_stats,
+):
+    """Integrate every system b until ``end_time[b]``, in place in the state arrays (B, N, D)
+    and ``times`` (B,), gated against ``threshold[b]``, the policy aimed at ``aim[b]``;
+    per-system statistics go to ``int_stats`` (B, 4) and ``float_stats`` (B, 7)."""
+    batch, count, dim = positions.shape
+    for b in prange(batch):
+        x, v, a = positions[b], velocities[b], accelerations[b]
+        m, eps, thr, target = masses[b], softening[b], threshold[b], aim[b]
+        x1, v1, a1 = np.empty((count, dim)), np.empty((count, dim)), np.empty((count, dim))
+        history = np.zeros((history_length, 4))
+        filled = 0
+        e0 = energy(x, v, m, eps)
+        e = e0
+        t = times[b]
+        steps = evaluations = passed = 0
+        failed = False
+        max_error = max_step = dt_max = dt_sum = 0.0
+        dt_min = smallest = math.inf
+        next_dt = -1.0
+        log_threshold = math.log(target)
+        cap = min(caps[b], max_steps)
+        for _ in range(max_steps):
+            if not (end_time[b] - t > END_TOLERANCE * abs(end_time[b])) or failed or steps >= cap:
+                break
+            row0 = row1 = 0.0
+            if kind == 0:
+                proposed = scalars[0]
+            elif kind == 1:
+                proposed = scalars[0] * min_free_fall(x, m, eps)
+            elif kind == 2:
+                proposed = scalars[0] * min_energy_free_fall(x, v, m, eps)
+            elif kind == 3:
+                proposed = scalars[0] * prs23(x, v, a, m, eps)
+            elif kind == 4:
+                if next_dt < 0.0:
+                    next_dt = scalars[2] * min_energy_free_fall(x, v, m, eps) * target ** (1.0 / 3.0)
+                proposed = next_dt
+            elif kind == 5:
+                proposed = _oracle(x, v, a, m, eps, e, target, grid, int(scalars[0]), x1, v1, a1)
+            else:
+                log_dt, row0, row1 = look_and_step(
+                    x,
+                    v,
+                    a,
+                    m,
+                    eps,
+                    log_threshold,
+                    log_reference,
+                    history,
+                    filled,
+                    candidates,
+                    temperature,
+                    pair_mean,
+                    pair_scale,
+                    context_mean,
+                    context_scale,
+                    weights,
+                    layout,
+                    embed_layers,
+                    log_min,
+                    log_max,
+                )
+                proposed = math.exp(log_dt)
+            smallest = min(smallest, proposed)
+            dt = min(proposed, end_time[b] - t)
+            leapfrog(x, v, a, m, eps, dt, x1, v1, a1)
+            e1 = energy(x1, v1, m, eps)
+            error = relative_error(e, e1)
+            evaluations += 1 + extra_evaluations
+            if gated:
+                for _ in range(GATE_MAX_REJECTIONS):
+                    if error <= thr and all_finite(x1) and all_finite(v1) and all_finite(a1):
+                        break
+                    dt = dt * GATE_SHRINK
+                    leapfrog(x, v, a, m, eps, dt, x1, v1, a1)
+                    e1 = energy(x1, v1, m, eps)
+                    error = relative_error(e, e1)
+                    evaluations += 1
+            if not (all_finite(x1) and all_finite(v1) and all_finite(a1) and math.isfinite(e1)):
+                failed = True
+                break
+            if kind == 4 and dt > 0.0:
+                factor = scalars[1] * (scalars[0] * target / max(error, 2.2250738585072014e-308)) ** (1.0 / 3.0)
+                next_dt = dt * min(max(factor, 0.5), 2.0)
+            if history_length > 0:
+                for slot in range(history_length - 1, 0, -1):
+                    for q in range(4):
+                        history[slot, q] = history[slot - 1, q]
+                history[0, 0] = row0
+                history[0, 1] = row1
+                history[0, 2] = math.log(min(max(error / target, ERROR_FLOOR), ERROR_CAP))
+                history[0, 3] = math.log(dt) - row0 - log_threshold / 3.0
+                filled = min(filled + 1, history_length)
+            x[:, :] = x1
+            v[:, :] = v1
+            a[:, :] = a1
+            e = e1
+            t = t + dt
+            steps += 1
+            if error <= thr:
+                passed += 1
+            max_step = max(max_step, error)
+            max_error = max(max_error, relative_error(e0, e))
+            dt_min = min(dt_min, dt)
+            dt_max = max(dt_max, dt)
+            dt_sum += dt
+        times[b] = t
+        int_stats[b, 0] = steps
+        int_stats[b, 1] = evaluations
+        int_stats[b, 2] = passed
+        int_stats[b, 3] = 1 if failed else 0
+        float_stats[b, 0] = max_error
+        float_stats[b, 1] = relative_error(e0, e)
+        float_stats[b, 2] = max_step
+        float_stats[b, 3] = dt_min
+        float_stats[b, 4] = dt_max
+        float_stats[b, 5] = dt_sum
+        float_stats[b, 6] = smallest

@@ -1,0 +1,348 @@
+"""The compiled rollout (aitimestepper.fast, numba kernels) against the torch reference: the same
+steps, costs and gate decisions, and the same physics to round-off, on every family and policy.
+
+The first compiled call of a session loads the numba kernels (they compile once, ~20 s, and are
+cached on disk afterwards).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aitimestepper import fast
+from aitimestepper.features import context_dim, look
+from aitimestepper.model import LearnedPolicy, build_network
+from aitimestepper.physics.state import State
+from aitimestepper.policies import PRS23, EnergyFeedback, EnergyFreeFall, FixedStep, FreeFall, Oracle
+from aitimestepper.rollout import Rollout, rollout
+from aitimestepper.systems.families import SystemSet, binaries, draw, group_by_size
+from systems import binary
+from training_params import tiny_params
+
+THRESHOLD = 2e-4
+#: time scales per run, and the cap on steps: a few hundred steps at most per system
+DURATION = 0.3
+MAX_STEPS = 2_000
+#: (family, ranges, systems per dimension): every family, both softened and unsoftened triples,
+#: planetary systems with 1 to 3 planets and Plummer clusters of 4 and 8 bodies
+CASES = (
+    ("binary", {}, 2),
+    ("hierarchical_triple", {"period_ratio": (10.0, 30.0)}, 2),
+    ("democratic_triple", {"softening": (0.01, 0.05)}, 2),
+    ("democratic_triple", {"softening": (0.0, 0.0)}, 2),
+    ("planetary", {"planets": (1, 3)}, 6),
+    ("plummer", {"bodies": (4, 8)}, 6),
+)
+#: The network computes in float32 (torch accumulates its matrix products in float32, the kernel in
+#: float64 before rounding) on inputs rounded to float32: its log corrections differ by float32
+#: round-off, its steps by 2e-7 relative. A window of past states feeds those back: each row holds
+#: the last step's log(error / threshold), the error growing as dt**3 and being a difference of two
+#: energies, so that the steps of a history_len = 2 network differ by up to 3e-5 (measured). Then
+#: errors differ by about 3 times that (extremes over a run, measured up to 4e-5), and trajectories
+#: integrated with such steps by their own integration error times that (measured up to 1e-7). A
+#: wrong feature or layer changes steps by O(1): the step counts, compared exactly, catch it.
+LEARNED_DT_RTOL = 1e-4
+LEARNED_POSITIONS_RTOL = 1e-6
+POLICIES = (
+    "fixed",
+    "free_fall",
+    "energy_free_fall",
+    "prs23",
+    "energy_feedback",
+    "oracle",
+    "learned_h0",
+    "learned_h0_gated",
+    "learned_h2",
+    "learned_h2_gated",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The torch reference works on tiny tensors, where a second intra-op thread only adds
+    synchronisation: on a busy two-core machine it made each float32 linear layer 400x slower
+    (8 ms instead of 20 us) and this module 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def kind(label: dict) -> str:
+    """A system's case: its family, with unsoftened triples and the planet count told apart."""
+    if label["family"] == "democratic_triple" and label["softening"] == 0.0:
+        return "democratic_triple_unsoftened"
+    if label["family"] == "planetary":
+        return f"planetary_{label['planets']}"
+    if label["family"] == "plummer":
+        return f"plummer_{label['bodies']}"
+    return label["family"]
+
+
+EXPECTED_KINDS = {
+    "binary",
+    "hierarchical_triple",
+    "democratic_triple",
+    "democratic_triple_unsoftened",
+    "planetary_1",
+    "planetary_2",
+    "planetary_3",
+    "plummer_4",
+    "plummer_8",
+}
+
+
+@pytest.fixture(scope="module")
+def batches() -> list[SystemSet]:
+    """Every case in 2-D and 3-D, systems of equal (N, D) in one batch (as the evaluation runs them)."""
+    generator = torch.Generator().manual_seed(5)
+    groups = []
+    for dim in (2, 3):
+        drawn = [group for name, ranges, count in CASES for group in draw(name, count, generator, dim=dim, **ranges)]
+        merged = group_by_size(drawn)
+        assert {kind(label) for group in merged for label in group.labels} == EXPECTED_KINDS
+        groups += merged
+    return groups
+
+
+def perturbed_learned_policy(history_len: int, seed: int) -> LearnedPolicy:
+    """A tanh network of the tiny params with every weight and bias drawn from a seeded generator
+    (the default initialisation draws from the global one): weights of spread 1 / sqrt(fan-in), so the
+    corrections vary from state to state, around 1 rather than the untrained 0.1 (steps near the
+    gate's edge, fewer of them; gated runs reject some)."""
+    params = tiny_params(**{"features.history_len": history_len})
+    network = build_network(params)
+    assert network.context_mean.numel() == context_dim(history_len) + 1
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            draw = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
+            spread = parameter.shape[1] ** -0.5 if parameter.ndim == 2 else 0.1
+            parameter.copy_(spread * draw)
+    return LearnedPolicy(network, params)
+
+
+@pytest.fixture(scope="module")
+def learned(batches) -> dict[int, LearnedPolicy]:
+    """Perturbed networks reading 0 and 2 past states, their inputs standardised over the looks at
+    the test's systems (as training does), so float32 rounds inputs of order 1."""
+    policies = {}
+    for history_len in (0, 2):
+        policy = perturbed_learned_policy(history_len, seed=history_len)
+        looks = [look(group.state, policy.candidates) for group in batches]
+        pair_features = torch.cat([seen.pair_features.flatten(0, 1) for seen in looks])
+        context = torch.cat([seen.context for seen in looks])
+        padded = torch.zeros(context.shape[0], policy.network.context_mean.numel(), dtype=torch.float64)
+        padded[:, : context.shape[1]] = context
+        policy.network.set_normalization(pair_features, padded)
+        policies[history_len] = policy
+    return policies
+
+
+def contender(name: str, group: SystemSet, learned: dict[int, LearnedPolicy]):
+    """(policy, gated) of ``name`` for the systems of ``group``."""
+    if name.startswith("learned"):
+        return learned[int(name.split("_")[1][1:])], name.endswith("gated")
+    return {
+        "fixed": (FixedStep(0.003 * group.time_scale.min().item()), False),
+        "free_fall": (FreeFall(0.02), False),
+        "energy_free_fall": (EnergyFreeFall(0.5), False),
+        "prs23": (PRS23(0.05), False),
+        "energy_feedback": (EnergyFeedback(THRESHOLD), True),
+        "oracle": (Oracle(THRESHOLD), False),
+    }[name]
+
+
+def both_engines(state: State, policy, end_time, **options) -> tuple[Rollout, Rollout]:
+    return tuple(rollout(state, policy, end_time, engine=engine, **options) for engine in ("torch", "compiled"))
+
+
+def assert_same_run(
+    reference: Rollout, compiled: Rollout, labels: list[dict], dt_rtol: float, positions_rtol: float = 1e-9
+) -> None:
+    """Identical decisions (steps, costs, passes, failures), the same physics to round-off."""
+    where = f"systems {[kind(label) for label in labels]}"
+    for field in ("steps", "force_evaluations", "steps_passed", "failed", "reached_end"):
+        assert torch.equal(getattr(reference, field), getattr(compiled, field)), f"{field} differ on {where}"
+    scale = reference.final_state.positions.abs().amax(dim=(1, 2), keepdim=True)
+    difference = (reference.final_state.positions - compiled.final_state.positions).abs() / scale
+    assert difference.max() <= positions_rtol, f"final positions differ by {difference.max():.2e} on {where}"
+    # runs that reach their end stop on it; runs cut short by a cap sum their (round-off equal) steps
+    assert torch.allclose(reference.final_state.time, compiled.final_state.time, rtol=max(dt_rtol, 1e-12), atol=0)
+    # a step's error grows as dt**3: steps equal to dt_rtol give errors equal to 3 dt_rtol (negligible
+    # beside 1e-9 but for the learned policy's float32 steps)
+    for field in ("max_energy_error", "max_step_error"):
+        expected, actual = getattr(reference, field), getattr(compiled, field)
+        assert torch.allclose(expected, actual, rtol=3 * dt_rtol, atol=1e-9), f"{field} differ on {where}"
+    assert torch.allclose(reference.proposed_dt_min, compiled.proposed_dt_min, rtol=dt_rtol, atol=0), where
+
+
+@pytest.mark.parametrize("name", POLICIES)
+def test_compiled_rollout_equals_the_torch_reference(name, batches, learned):
+    # Only round-off separates the engines: torch sums over bodies and pairs in its own (vectorised,
+    # regrouped) order where the kernels sum sequentially, and its log/exp/pow/tanh are other
+    # implementations than numba's (even its float64 sqrt is not always correctly rounded); the same
+    # operations in the same order agree bit for bit (test_a_fixed_step_of_a_binary_is_bit_for_bit...).
+    # Round-off compounds where a policy compounds its inputs: the controller's next step is a product
+    # of past error ratios, each error a difference of two energies (round-off 1e-16 |E| / |E1 - E0|
+    # relative): measured 2e-11 on its smallest proposal. The learned policy: see LEARNED_DT_RTOL.
+    dt_rtol = LEARNED_DT_RTOL if name.startswith("learned") else 1e-9 if name == "energy_feedback" else 1e-12
+    positions_rtol = LEARNED_POSITIONS_RTOL if name.startswith("learned") else 1e-9
+    for group in batches:
+        policy, gated = contender(name, group, learned)
+        assert fast.supports(policy)
+        reference, compiled = both_engines(
+            group.state,
+            policy,
+            DURATION * group.time_scale,
+            energy_threshold=THRESHOLD,
+            max_steps=MAX_STEPS,
+            gated=gated,
+        )
+        assert not reference.failed.any() and (reference.steps > 0).all()
+        if gated:
+            assert torch.equal(reference.steps_passed, reference.steps)
+        assert_same_run(reference, compiled, group.labels, dt_rtol, positions_rtol)
+
+
+def test_gated_learned_runs_exercise_the_gate(batches, learned):
+    """The comparisons above include rejected tries: the perturbed network overshoots now and then."""
+    group = next(group for group in batches if group.num_bodies == 3)
+    reference, compiled = both_engines(
+        group.state,
+        learned[2],
+        DURATION * group.time_scale,
+        energy_threshold=THRESHOLD,
+        max_steps=MAX_STEPS,
+        gated=True,
+    )
+    assert (reference.force_evaluations > reference.steps).any()
+    assert torch.equal(reference.force_evaluations, compiled.force_evaluations)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_a_fixed_step_of_a_binary_is_bit_for_bit_where_sqrt_is_correctly_rounded(dim):
+    """Two bodies: every sum has one term and the step calls sqrt only, so both engines make the same
+    operations in the same order, and IEEE arithmetic gives the same bits, except where torch's
+    float64 sqrt is not correctly rounded: on this build it is off by one ulp on about 1% of arguments
+    (e.g. sqrt(1.0237520594022436)), where numba's (the hardware instruction) is exact."""
+    (group,) = binaries(2_000, torch.Generator().manual_seed(3), dim=dim, eccentricity=(0.0, 0.99))
+    reference, compiled = both_engines(
+        group.state, FixedStep(1e-3), group.time_scale, energy_threshold=THRESHOLD, max_steps=1
+    )
+    after, other = reference.final_state, compiled.final_state
+    assert torch.equal(after.positions, other.positions)  # the drift reads the start's accelerations
+    square = (after.positions[:, 1] - after.positions[:, 0]).square().sum(dim=1)
+    exact = torch.from_numpy(np.sqrt(square.numpy())) == square.sqrt()
+    assert exact.double().mean() > 0.95  # measured: 98.6% (2-D) and 98.9% (3-D) of these systems
+    for name in ("accelerations", "velocities"):
+        assert torch.equal(getattr(after, name)[exact], getattr(other, name)[exact])
+    assert torch.equal(reference.max_energy_error[exact], compiled.max_energy_error[exact])
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_fixed_step_runs_of_binaries_agree_to_a_few_ulps(dim):
+    """The same operations along 2000 steps: only the rare one-ulp sqrt differences accumulate."""
+    (group,) = binaries(4, torch.Generator().manual_seed(3), dim=dim)
+    reference, compiled = both_engines(
+        group.state, FixedStep(1e-3), group.time_scale, energy_threshold=THRESHOLD, max_steps=MAX_STEPS
+    )
+    assert torch.equal(reference.steps, compiled.steps) and (reference.steps == MAX_STEPS).all()
+    for name in ("positions", "velocities"):
+        assert torch.allclose(
+            getattr(reference.final_state, name), getattr(compiled.final_state, name), rtol=0, atol=1e-15
+        )
+    assert torch.allclose(reference.max_energy_error, compiled.max_energy_error, rtol=0, atol=1e-15)
+
+
+def test_a_non_tanh_learned_policy_has_no_compiled_twin():
+    params = tiny_params(**{"model.activation": "relu"})
+    policy = LearnedPolicy(build_network(params), params)
+    assert not fast.supports(policy)
+    state = binary([0.5])
+    end = torch.tensor([1.0], dtype=torch.float64)
+    auto = rollout(state, policy, end, energy_threshold=THRESHOLD, max_steps=1_000)
+    reference = rollout(state, policy, end, energy_threshold=THRESHOLD, max_steps=1_000, engine="torch")
+    assert torch.equal(auto.final_state.positions, reference.final_state.positions)  # auto falls back to torch
+
+
+def test_compiled_engine_refuses_a_non_tanh_learned_policy():
+    params = tiny_params(**{"model.activation": "relu"})
+    policy = LearnedPolicy(build_network(params), params)
+    with pytest.raises(ValueError, match="compiled"):
+        rollout(
+            binary([0.5]),
+            policy,
+            torch.tensor([1.0], dtype=torch.float64),
+            energy_threshold=THRESHOLD,
+            max_steps=100,
+            engine="compiled",
+        )
+
+
+@pytest.mark.parametrize("name", ["free_fall_gated", "learned"])
+def test_per_system_caps_and_thresholds_are_honoured_alike(name, learned):
+    """Each system of a batch runs as it would alone, with its own step cap and its own threshold:
+    the gate's (gated free-fall) or the one the network aims at (learned, ungated)."""
+    (group,) = binaries(4, torch.Generator().manual_seed(11), dim=2, eccentricity=(0.5, 0.9))
+    thresholds = torch.tensor([1e-3, 2e-4, 5e-5, 2e-4], dtype=torch.float64)
+    caps = torch.tensor([3_000, 7, 3_000, 40])
+    if name == "learned":
+        policy, gated, aimed = learned[0].at_threshold(thresholds), False, learned[0].at_threshold
+    else:
+        policy, gated, aimed = FreeFall(0.08), True, lambda threshold: FreeFall(0.08)
+    end = group.time_scale
+    options = {"max_steps": 3_000, "gated": gated, "step_caps": caps}
+    reference, compiled = both_engines(group.state, policy, end, energy_threshold=thresholds, **options)
+    assert_same_run(reference, compiled, group.labels, LEARNED_DT_RTOL, LEARNED_POSITIONS_RTOL)
+    assert reference.steps.tolist()[1::2] == [7, 40]  # the caps stopped these two early
+    assert reference.reached_end.tolist() == [True, False, True, False]
+    for k in range(4):
+        alone = rollout(
+            group.state.select(torch.tensor([k])),
+            aimed(thresholds[k].item()),
+            end[k : k + 1],
+            energy_threshold=thresholds[k].item(),
+            engine="torch",
+            **{**options, "step_caps": caps[k : k + 1]},
+        )
+        for field in ("steps", "steps_passed", "force_evaluations"):
+            assert getattr(alone, field).item() == getattr(reference, field)[k].item(), (field, k)
+    # one threshold for all instead: the looser system costs more, the tighter one less
+    uniform = rollout(group.state, aimed(2e-4), end, energy_threshold=2e-4, engine="torch", **options)
+    assert uniform.reached_end[[0, 2]].all()
+    assert reference.force_evaluations[0] < uniform.force_evaluations[0]
+    assert reference.force_evaluations[2] > uniform.force_evaluations[2]
+    assert torch.equal(reference.force_evaluations[[1, 3]], uniform.force_evaluations[[1, 3]])
+    if gated:
+        assert (reference.max_step_error <= thresholds).all()
+        assert reference.max_step_error[0] > 2e-4  # the loosest system used its looser gate
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_a_system_that_breaks_is_flagged_failed_by_both_engines(gated):
+    """Two bodies 1e-100 apart, unsoftened, and a huge fixed step: the first kick overflows the
+    kinetic energy (non-finite however often the gate halves it); a bound binary beside them goes on."""
+    positions = torch.tensor([[[0.0, 0.0], [1e-100, 0.0]], [[-0.5, 0.0], [0.5, 0.0]]], dtype=torch.float64)
+    velocities = torch.tensor([[[0.0, 0.0], [0.0, 0.0]], [[0.0, -0.7], [0.0, 0.7]]], dtype=torch.float64)
+    state = State.from_arrays(positions, velocities, torch.full((2, 2), 0.5, dtype=torch.float64))
+    end = torch.tensor([1e11, 2.0 * math.pi], dtype=torch.float64)
+    reference, compiled = both_engines(
+        state, FixedStep(1e10), end, energy_threshold=THRESHOLD, max_steps=1_000, gated=gated
+    )
+    for result in (reference, compiled):
+        assert result.failed.tolist() == [True, False]
+        assert result.reached_end.tolist() == [False, True]
+        assert result.steps[0] == 0 and result.steps[1] > 0
+        # a failed system stops at its last finite state: here its start
+        assert torch.equal(result.final_state.positions[0], positions[0])
+        assert result.final_state.time[0] == 0.0
+        assert result.final_state.positions.isfinite().all()
+        expected_tries = 1 + (40 if gated else 0)  # every try of a gated step is counted, the 40 retries too
+        assert result.force_evaluations[0] == expected_tries
+    for field in ("steps", "force_evaluations", "steps_passed", "failed"):
+        assert torch.equal(getattr(reference, field), getattr(compiled, field))
