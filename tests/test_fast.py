@@ -45,8 +45,11 @@ CASES = (
 #: errors differ by about 3 times that (extremes over a run, measured up to 4e-5), and trajectories
 #: integrated with such steps by their own integration error times that (measured up to 1e-7). A
 #: wrong feature or layer changes steps by O(1): the step counts, compared exactly, catch it.
-LEARNED_DT_RTOL = 1e-4
-LEARNED_POSITIONS_RTOL = 1e-6
+#: The leading-order energy-error feature log(12 |E| / |R|) adds the round-off of R, a sum over
+#: pairs whose terms partly cancel (summed in another order in torch), and the history window
+#: feeds the errors back: steps and errors then differ by up to 4e-4 (measured, history_len = 2).
+LEARNED_DT_RTOL = 1e-3
+LEARNED_POSITIONS_RTOL = 1e-5
 POLICIES = (
     "fixed",
     "free_fall",

@@ -178,10 +178,10 @@ def test_history_row_floors_and_caps_the_error():
 @pytest.mark.parametrize("dim", [2, 3])
 def test_the_leading_order_energy_error_predicts_a_small_step_and_is_invariant(dim):
     """Kick-drift-kick changes the energy by dt^3 R / 12 to leading order: the step h_1 the look
-    predicts for the threshold (threshold 1: (12 |E| / |R|)^(1/3)) makes, shrunk by 30, an error
-    of 30^-3 of that threshold, within 5% (the next order is smaller by about dt / time scale), on clusters (softened or not) and binaries,
-    where the bodies' terms of R do not cancel (where they do, higher orders take over: that is
-    what the cancellation feature tells the network)."""
+    predicts for the threshold (threshold 1: (12 |E| / |R|)^(1/3)) makes, shrunk by 30, an error of
+    30^-3 of that threshold within 5% (the next order is smaller by about dt / time scale), on
+    clusters (softened or not) and binaries, where the bodies' terms of R do not cancel (where
+    they do, higher orders take over: that is what the cancellation feature tells the network)."""
     checked = 0
     for state in [clusters(5, dim), binary([0.3, 0.7], phase=1.0)]:
         seen = look(state, CANDIDATES)

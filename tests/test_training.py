@@ -16,7 +16,7 @@ from aitimestepper.physics.state import State
 from aitimestepper.systems.families import binaries
 from aitimestepper.training.buffer import ReplayBuffer
 from aitimestepper.training.collection import Collector, RetrainLimitError
-from aitimestepper.training.loss import band_loss
+from aitimestepper.training.loss import band_loss, quantile_loss
 from aitimestepper.training.mixture import MixtureSampler, allocate, sources
 from aitimestepper.training.replay import replay
 from aitimestepper.training.step import gated_step, optimizer_step
@@ -59,7 +59,7 @@ def test_the_mixture_shares_the_systems_among_every_family_dimension_and_body_co
 
 
 def test_part1_rejects_a_too_large_step_and_retrains_until_accepted():
-    params = tiny_params(**{"model.initial_correction": 5.0})
+    params = tiny_params(**{"model.initial_correction": 5.0, "features.history_len": 0})
     policy, optimizer, sampler, _ = setup(params)
     collector = Collector(params, sampler)
     lanes = list(collector.lanes.values())
@@ -117,6 +117,7 @@ def synthetic_buffer(count=256):
 def test_part2_runs_batched_and_converges_on_a_synthetic_buffer():
     params = tiny_params(
         **{
+            "features.history_len": 0,
             "model.initial_correction": 3.0,  # too long for many phases: Part 2 must fix it
             "training.replay_batch_size": 64,
             "training.replay_steps": 400,
@@ -136,7 +137,12 @@ def test_part2_runs_batched_and_converges_on_a_synthetic_buffer():
 
 def test_band_loss_pushes_dt_up_when_the_error_is_far_below_the_band():
     params = tiny_params(
-        **{"model.initial_correction": 2e-3, "training.replay_min_steps": 100, "training.replay_steps": 100}
+        **{
+            "features.history_len": 0,
+            "model.initial_correction": 2e-3,
+            "training.replay_min_steps": 100,
+            "training.replay_steps": 100,
+        }
     )
     policy, optimizer, _, generator = setup(params)
     buffer = synthetic_buffer()
@@ -179,6 +185,27 @@ def test_failure_penalty_makes_a_barely_failing_step_cost_more_than_a_cautious_o
     assert float(gradient[1]) == pytest.approx(float(plain_gradient[1]) + 1.0 / failing, rel=1e-12)
 
 
+def test_quantile_loss_puts_the_gate_at_the_requested_share_of_passing_steps():
+    """For errors a network cannot tell apart (log-uniform over two decades around the gate), the
+    step scale minimising the quantile loss makes the requested share pass: one log dt, shifting
+    every log error by 3 log dt, fitted by gradient descent."""
+    threshold, pass_rate = 1e-4, 0.99
+    spread = torch.linspace(-2.3, 2.3, 2001, dtype=torch.float64)  # log errors at dt = 1
+    log_dt = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([log_dt], lr=0.02)
+    for _ in range(3000):
+        error = threshold * (spread + 3.0 * log_dt).exp()
+        loss = quantile_loss(error, threshold, pass_rate).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    passing = float((spread + 3.0 * log_dt.detach() <= 0).double().mean())
+    assert passing == pytest.approx(pass_rate, abs=0.003)
+    # below the gate the loss is log(threshold / error); above, pass_rate / (1 - pass_rate) times log(error / threshold)
+    values = quantile_loss(torch.tensor([1e-5, 1e-4, 1e-3], dtype=torch.float64), threshold, pass_rate)
+    torch.testing.assert_close(values, torch.tensor([math.log(10.0), 0.0, 99.0 * math.log(10.0)], dtype=torch.float64))
+
+
 def test_learning_rate_follows_a_cosine_from_first_to_final():
     constant = tiny_params(epochs=5, **{"training.learning_rate_final": None})
     assert [learning_rate(constant, epoch) for epoch in range(1, 6)] == [constant.training.learning_rate] * 5
@@ -190,7 +217,7 @@ def test_learning_rate_follows_a_cosine_from_first_to_final():
 
 
 def test_non_finite_steps_never_reach_the_weights():
-    params = tiny_params()
+    params = tiny_params(**{"features.history_len": 0})
     policy, optimizer, _, _ = setup(params)
     # system 1: bodies 1e100 apart at 1e150 speed; its step (1e280) drifts past the float64 range
     positions = torch.tensor([[[0.0, 0.0], [1.0, 0.0]], [[0.0, 0.0], [1e100, 0.0]]], dtype=torch.float64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -29,5 +30,26 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically."""
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, allow_nan=True) + "\n"))
+    """Write ``payload`` as indented, strict JSON (no NaN or Infinity tokens), atomically.
+
+    A non-finite number becomes ``null``, and a dict payload then lists where under the key
+    ``non_finite`` (JSON paths such as ``systems[3].dt_min``), so no value is lost silently.
+    """
+    found: list[str] = []
+    clean = strict_json(payload, found)
+    if found and isinstance(clean, dict):
+        clean["non_finite"] = found
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n"))
+
+
+def strict_json(value: Any, found: list[str] | None = None, where: str = "") -> Any:
+    """``value`` with every non-finite float replaced by None (their paths appended to ``found``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if found is not None:
+            found.append(where or "(root)")
+        return None
+    if isinstance(value, dict):
+        return {key: strict_json(item, found, f"{where}.{key}" if where else str(key)) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item, found, f"{where}[{k}]") for k, item in enumerate(value)]
+    return value

@@ -95,6 +95,21 @@ class TrainingParams(Section):
         le=1.0,
         description="Learning rate of the last epoch, reached on a cosine schedule; null: constant learning_rate.",
     )
+    loss: Literal["band", "quantile"] = Field(
+        "quantile",
+        description="band: push each error into [band_lower, band_upper] x threshold; quantile: the largest steps "
+        "of which quantile_pass_rate pass (a pinball loss in log error).",
+    )
+    quantile_pass_rate: float = Field(
+        0.999, gt=0.5, lt=1.0, description="Share of steps the quantile loss aims to pass (training.loss = quantile)."
+    )
+    quantile_gate: float = Field(
+        0.92,
+        gt=0.0,
+        le=1.0,
+        description="The quantile loss puts its pass_rate quantile at this fraction of the threshold: a margin for "
+        "states unlike the training ones.",
+    )
     band_lower: float = Field(
         0.5, gt=0.0, lt=1.0, description="Lower edge of the loss band, as a fraction of energy_threshold."
     )

@@ -23,8 +23,9 @@ from aitimestepper.physics.state import DTYPE, State
 from aitimestepper.policies import PRS23, EnergyFeedback, EnergyFreeFall, FixedStep, FreeFall, Oracle, TimeStepPolicy
 
 _EMPTY = np.zeros(0)
-_EMPTY32 = np.zeros(0, dtype=np.float32)
-_NO_LAYOUT = np.zeros((0, 3), dtype=np.int64)
+#: what the kernel reads of a learned policy, for the other policies (one compiled signature)
+_NO_NETWORK = (_EMPTY, _EMPTY, _EMPTY, _EMPTY, np.zeros(0, dtype=np.float32), np.zeros((0, 3), dtype=np.int64))
+_NO_NUMBERS = (0, 0, 1.0, 0.0, 0.0, 0.0)
 
 
 #: the modules whose code or constants the compiled kernels are built from
@@ -108,19 +109,9 @@ def fast_rollout(
         spec["scalars"],
         int(policy.extra_force_evaluations),
         spec.get("grid", _EMPTY),
-        spec.get("log_reference", 0.0),
         spec.get("history_length", 0),
-        spec.get("candidates", 0),
-        spec.get("temperature", 1.0),
-        spec.get("pair_mean", _EMPTY),
-        spec.get("pair_scale", _EMPTY),
-        spec.get("context_mean", _EMPTY),
-        spec.get("context_scale", _EMPTY),
-        spec.get("weights", _EMPTY32),
-        spec.get("layout", _NO_LAYOUT),
-        spec.get("embed_layers", 0),
-        spec.get("log_min", 0.0),
-        spec.get("log_max", 0.0),
+        spec.get("network", _NO_NETWORK),
+        spec.get("numbers", _NO_NUMBERS),
         int_stats,
         float_stats,
     )
@@ -191,22 +182,24 @@ def _kernel_policy(policy: TimeStepPolicy, batch: int, gate: np.ndarray) -> dict
             layout.append((linear.in_features, linear.out_features, offset))
             blocks += [weight, bias]
             offset += weight.size + bias.size
+        arrays = (network.pair_mean, network.pair_scale, network.context_mean, network.context_scale)
         return {
             "kind": "learned",
             "scalars": _EMPTY,
             "aim": _per_system(policy.energy_threshold, batch),
-            "log_reference": math.log(policy.params.energy_threshold),
             "history_length": policy.history_len,
-            "candidates": policy.candidates,
-            "temperature": policy.temperature,
-            "pair_mean": network.pair_mean.numpy(),
-            "pair_scale": network.pair_scale.numpy(),
-            "context_mean": network.context_mean.numpy(),
-            "context_scale": network.context_scale.numpy(),
-            "weights": np.concatenate(blocks),
-            "layout": np.array(layout, dtype=np.int64),
-            "embed_layers": len(linears) - 3,
-            "log_min": network.log_min,
-            "log_max": network.log_max,
+            "network": (
+                *(array.numpy() for array in arrays),
+                np.concatenate(blocks),
+                np.array(layout, dtype=np.int64),
+            ),
+            "numbers": (
+                int(policy.candidates),
+                len(linears) - 3,
+                float(policy.temperature),
+                float(network.log_min),
+                float(network.log_max),
+                math.log(policy.params.energy_threshold),
+            ),
         }
     raise ValueError(f"policy {policy.name!r} has no compiled twin")

@@ -1,8 +1,9 @@
-"""A fixed-length window of the past, per system: the feature rows of the last H states.
+"""A fixed-length window of the past, per system: the rows of the last H states.
 
-A learned policy looks at each state once: the per-snapshot quantities it computes for the
-current state (:func:`aitimestepper.features.snapshot`) are what the window keeps once the step
-is taken, so a step costs one pairwise pass however long the window is.
+A learned policy looks at each state once: what its look keeps of the current state
+(:func:`aitimestepper.features.look`), with the outcome of the step taken from it
+(:func:`aitimestepper.features.history_row`), is what the window keeps, so a step costs one
+pairwise pass however long the window is.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from aitimestepper.physics.state import DTYPE
 
 @dataclass(frozen=True)
 class History:
-    """The snapshot rows of the last ``length`` states of B systems, most recent first.
+    """The rows of the last ``length`` states of B systems, most recent first.
 
     Attributes:
-        rows: (B, H, Q) float64 per-snapshot quantities; index 0 is the state one step ago;
+        rows: (B, H, Q) float64 per-state quantities; index 0 is the state one step ago;
             zero where not yet filled.
         filled: (B,) int64, how many of the H slots hold a real past state (0..H).
     """
@@ -42,7 +43,7 @@ class History:
         return self.rows.shape[1]
 
     def push(self, rows: Tensor) -> History:
-        """The window after the state with snapshot ``rows`` (B, Q) becomes the most recent
+        """The window after the state with ``rows`` (B, Q) becomes the most recent
         past state (the oldest is dropped)."""
         if self.length == 0:
             return self

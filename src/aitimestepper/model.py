@@ -212,9 +212,9 @@ class LearnedPolicy(TimeStepPolicy):
         return list(log_dt.exp().split(sizes))
 
     def propose(self, state: State, history: History) -> Tensor:
-        return self.propose_with_snapshot(state, history)[0]
+        return self.propose_with_look(state, history)[0]
 
-    def propose_with_snapshot(self, state: State, history: History) -> tuple[Tensor, Tensor]:
+    def propose_with_look(self, state: State, history: History) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             dt, seen = self.step_size(state, history)
         return dt, seen.rows

@@ -92,42 +92,70 @@ _POLICY_COLOURS = {
 }
 
 
+_POLICY_LABELS = {
+    "learned": "learned",
+    "learned_gated": "learned, gated",
+    "oracle": "greedy oracle",
+    "energy_feedback": "energy-feedback controller (gated)",
+    "energy_free_fall": "energy-normalised free-fall",
+    "prs23": "PRS23",
+    "free_fall": "free-fall",
+    "fixed": "fixed dt",
+}
+#: cost axis of the cost-versus-accuracy panels, in units of the oracle's steps; costlier points
+#: are drawn at the right edge with their value
+_COST_RANGE = (0.9, 4.0)
+
+
 def cost_vs_accuracy(report: dict, path: Path) -> None:
-    """One panel per family and threshold: every policy's median force evaluations per time
-    scale (x) against its worst single-step error over the threshold (y), labelled with its
-    pass rate; the gate (y = 1) drawn."""
+    """One panel per family: every policy's median cost relative to the oracle (x) against its
+    worst single-step error over the threshold (y), one marker shape per threshold; the gate
+    (y = 1) dashed. A shared legend names the policies."""
     levels = list(report["thresholds"])
     names = list(report["thresholds"][levels[0]]["families"])
-    figure, axes = plt.subplots(
-        len(levels), len(names), figsize=(3.6 * len(names), 3.4 * len(levels)), squeeze=False, constrained_layout=True
-    )
-    for row, level in enumerate(levels):
-        for column, name in enumerate(names):
-            axis = axes[row, column]
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.0 * rows), squeeze=False)
+    markers = ("o", "s", "^", "D")
+    for axis, name in zip(axes.flat, names, strict=False):
+        for level, marker in zip(levels, markers, strict=False):
             data = report["thresholds"][level]["families"].get(name)
             if data is None:
-                axis.set_visible(False)
                 continue
             for policy, values in data["summary"].items():
-                x = values["median_force_evaluations_per_time_scale"]
-                y = max(values["max_step_error_over_threshold"], 1e-3)
-                axis.scatter([x], [y], s=30, color=_POLICY_COLOURS.get(policy, "tab:brown"), zorder=3)
-                axis.annotate(
-                    f"{policy} {values['gate_pass_rate']:.3%}",
-                    (x, y),
-                    fontsize=6.5,
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                )
-            axis.axhline(1.0, color="black", lw=0.8, ls="--")
-            axis.set_xscale("log")
-            axis.set_yscale("log")
-            axis.set_title(f"{name}, {level} (best classical: {data['best_classical']})", fontsize=8)
-            axis.set_xlabel("force evaluations per time scale (median)", fontsize=7)
-            axis.set_ylabel("max step error / threshold", fontsize=7)
-            axis.tick_params(labelsize=7)
-            axis.grid(alpha=0.3, which="both")
-    figure.suptitle("cost vs accuracy per family (labels: share of steps passing the gate)")
+                cost = values["median_ratio_to_oracle"]
+                error = min(max(values["max_step_error_over_threshold"], 0.05), 50.0)
+                shown = min(cost, _COST_RANGE[1])
+                axis.scatter([shown], [error], s=40, marker=marker, color=_POLICY_COLOURS.get(policy), zorder=3)
+                if cost > _COST_RANGE[1]:
+                    axis.annotate(
+                        f"{cost:.0f}x", (shown, error), fontsize=7, xytext=(-22, 4), textcoords="offset points"
+                    )
+        axis.axhline(1.0, color="black", lw=0.8, ls="--")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlim(*_COST_RANGE)
+        axis.set_ylim(0.04, 60.0)
+        axis.set_xticks([1.0, 1.25, 1.5, 2.0, 3.0, 4.0], labels=["1", "1.25", "1.5", "2", "3", "4"], minor=False)
+        axis.set_xticks([], minor=True)
+        best = report["thresholds"][levels[0]]["families"][name]["best_classical"]
+        axis.set_title(f"{name} (best classical: {_POLICY_LABELS.get(best, best)})", fontsize=9)
+        axis.set_xlabel("force evaluations / oracle's steps (median over systems)", fontsize=8)
+        axis.set_ylabel("largest single-step error / threshold", fontsize=8)
+        axis.grid(alpha=0.3, which="both")
+    for axis in list(axes.flat)[len(names) :]:
+        axis.set_visible(False)
+    handles = [
+        plt.Line2D([], [], color=colour, marker="o", ls="", label=_POLICY_LABELS[policy])
+        for policy, colour in _POLICY_COLOURS.items()
+    ]
+    handles += [
+        plt.Line2D([], [], color="gray", marker=marker, ls="", label=f"threshold {level}")
+        for level, marker in zip(levels, markers, strict=False)
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    figure.suptitle("cost vs accuracy per family: lower left is better; above the dashed line a step failed the gate")
+    figure.tight_layout(rect=(0, 0.08, 1, 0.96))
     _save(figure, Path(path))
 
 
@@ -141,7 +169,8 @@ def dt_along_runs(curves: dict[str, dict[str, tuple]], path: Path) -> None:
     )
     for axis, name in zip(axes.flat, names, strict=False):
         for policy, (time, dt) in curves[name].items():
-            axis.plot(time.numpy(), dt.numpy(), lw=0.8, label=policy, color=_POLICY_COLOURS.get(policy))
+            label = _POLICY_LABELS.get(policy, policy)
+            axis.plot(time.numpy(), dt.numpy(), lw=0.8, label=label, color=_POLICY_COLOURS.get(policy))
         axis.set_yscale("log")
         axis.set_title(name, fontsize=9)
         axis.set_xlabel("time (time scales)", fontsize=8)

@@ -41,10 +41,10 @@ class TimeStepPolicy(ABC):
     extra_force_evaluations: int = 0
 
     def new_history(self, state: State) -> History:
-        """An empty window of past snapshots for the systems of ``state`` (``history_len`` slots)."""
+        """An empty window of past rows for the systems of ``state`` (``history_len`` slots)."""
         return History.empty(state.batch_size, 0, 0)
 
-    def propose_with_snapshot(self, state: State, history: History) -> tuple[Tensor, Tensor | None]:
+    def propose_with_look(self, state: State, history: History) -> tuple[Tensor, Tensor | None]:
         """:meth:`propose`, plus what the policy saw of ``state`` that :meth:`remember` keeps
         once the step is taken (None for policies that read no history)."""
         return self.propose(state, history), None
@@ -72,7 +72,7 @@ class TimeStepPolicy(ABC):
 
         Args:
             state: B systems.
-            history: snapshot rows of their last ``history_len`` states.
+            history: rows of their last ``history_len`` states.
 
         Returns:
             (B,) float64 positive time steps (time units).

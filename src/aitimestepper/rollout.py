@@ -149,7 +149,7 @@ def rollout(
                 active &= steps < step_caps
             if not bool(active.any()):
                 break
-            proposed, seen = policy.propose_with_snapshot(state, history)
+            proposed, seen = policy.propose_with_look(state, history)
             proposed_min = torch.where(active, torch.minimum(proposed_min, proposed), proposed_min)
             dt = torch.where(active, torch.minimum(proposed, end_time - state.time), zeros)
             candidate, new_energy, step_error = _try_step(state, dt, energy)

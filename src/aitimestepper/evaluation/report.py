@@ -253,9 +253,14 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
     }
 
 
+#: the dt-along-a-run plot records (on the torch path) at most this many time scales and steps
+CURVE_TIME_SCALES, CURVE_MAX_STEPS = 2.0, 3_000
+
+
 def dt_curves(params: Params, source: str, report: dict[str, Any]) -> dict[str, dict[str, tuple]]:
     """Per family, dt / time scale against time / time scale along the first held-out system, for
-    the learned policy, the oracle and the family's best classical policy (trained threshold)."""
+    the learned policy, the oracle and the family's best classical policy (trained threshold),
+    over at most ``CURVE_TIME_SCALES`` time scales and ``CURVE_MAX_STEPS`` steps."""
     from aitimestepper.rollout import rollout
 
     level = f"{report['trained_threshold']:g}"
@@ -272,9 +277,9 @@ def dt_curves(params: Params, source: str, report: dict[str, Any]) -> dict[str, 
             result = rollout(
                 first.state,
                 policy,
-                family.duration * first.time_scale,
+                min(family.duration, CURVE_TIME_SCALES) * first.time_scale,
                 energy_threshold=threshold,
-                max_steps=params.simulation.max_steps,
+                max_steps=CURVE_MAX_STEPS,
                 gated=gated,
                 record=True,
             )

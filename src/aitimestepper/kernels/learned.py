@@ -61,34 +61,19 @@ def _dense(weights, layout, layer, inputs, activate):
 
 
 @njit(cache=True)
-def look_and_step(
-    positions,
-    velocities,
-    acc,
-    masses,
-    eps,
-    log_threshold,
-    log_reference,
-    history,
-    filled,
-    candidates,
-    temperature,
-    pair_mean,
-    pair_scale,
-    context_mean,
-    context_scale,
-    weights,
-    layout,
-    embed_layers,
-    log_min,
-    log_max,
-):
+def look_and_step(positions, velocities, acc, masses, eps, log_threshold, history, filled, network, numbers):
     """log dt of the learned policy for one system, and the two quantities its look keeps.
 
     Args:
+        log_threshold: log of the system's threshold.
         history: (H, 4) float64 past rows, most recent first; ``filled`` of them are real.
-        log_threshold, log_reference: log of the system's threshold and of the contract's one.
+        network: (pair_mean, pair_scale, context_mean, context_scale, weights, layout) arrays.
+        numbers: (candidates, embed_layers, temperature, log_min, log_max, log_reference): the
+            most candidate pairs, the embedding layers, the soft minimum's temperature, the
+            corrections' clamp and the log of the contract's threshold.
     """
+    pair_mean, pair_scale, context_mean, context_scale, weights, layout = network
+    candidates, embed_layers, temperature, log_min, log_max, log_reference = numbers
     count, dim = positions.shape
     pairs = count * (count - 1) // 2
     kinetic, potential = com_kinetic_and_potential(positions, velocities, masses, eps)

@@ -108,9 +108,9 @@ def min_free_fall(positions, masses, eps):
 
 
 @njit(cache=True)
-def com_kinetic_and_potential(positions, velocities, masses, eps):
-    """Kinetic energy in the centre-of-mass frame and |W| = sum_{i<j} m_i m_j / s_ij."""
-    count, dim = positions.shape
+def bulk_velocity(velocities, masses):
+    """The centre-of-mass velocity (D,)."""
+    count, dim = velocities.shape
     total = 0.0
     for i in range(count):
         total += masses[i]
@@ -120,6 +120,14 @@ def com_kinetic_and_potential(positions, velocities, masses, eps):
         for i in range(count):
             momentum += masses[i] * velocities[i, d]
         bulk[d] = momentum / total
+    return bulk
+
+
+@njit(cache=True)
+def com_kinetic_and_potential(positions, velocities, masses, eps):
+    """Kinetic energy in the centre-of-mass frame and |W| = sum_{i<j} m_i m_j / s_ij."""
+    count, dim = positions.shape
+    bulk = bulk_velocity(velocities, masses)
     kinetic = 0.0
     for i in range(count):
         speed = 0.0
@@ -221,29 +229,32 @@ def prs23(positions, velocities, acc, masses, eps):
 
 @njit(cache=True)
 def energy_error_rate(positions, velocities, acc, masses, eps):
-    """|R| and sum_i |m_i (2 a_i . j_i + v_i . s_i)|, R the rate of the leading-order one-step
-    energy error dt**3 R / 12 of kick-drift-kick, v in the centre-of-mass frame."""
+    """|R| and the sum of its pair terms' magnitudes, R the rate of the leading-order one-step
+    energy error dt**3 R / 12 of kick-drift-kick, summed over pairs as
+    :func:`aitimestepper.features._energy_error_rate`."""
     count, dim = positions.shape
-    jerks, snaps = np.empty((count, dim)), np.empty((count, dim))
-    jerk_and_snap(positions, velocities, acc, masses, eps, jerks, snaps)
-    total_mass = 0.0
-    for i in range(count):
-        total_mass += masses[i]
-    bulk = np.zeros(dim)
-    for d in range(dim):
-        momentum = 0.0
-        for i in range(count):
-            momentum += masses[i] * velocities[i, d]
-        bulk[d] = momentum / total_mass
     total = 0.0
     spread = 0.0
     for i in range(count):
-        acceleration_jerk = 0.0
-        velocity_snap = 0.0
-        for d in range(dim):
-            acceleration_jerk += acc[i, d] * jerks[i, d]
-            velocity_snap += (velocities[i, d] - bulk[d]) * snaps[i, d]
-        term = masses[i] * (2.0 * acceleration_jerk + velocity_snap)
-        total += term
-        spread += abs(term)
+        for j in range(i + 1, count):
+            square = square_distance(positions, i, j, eps)
+            radial = 0.0
+            pull = 0.0
+            speed = 0.0
+            pulling_velocity = 0.0
+            for d in range(dim):
+                r = positions[j, d] - positions[i, d]
+                v = velocities[j, d] - velocities[i, d]
+                a = acc[j, d] - acc[i, d]
+                radial += r * v
+                pull += r * a
+                speed += v * v
+                pulling_velocity += v * a
+            alpha = radial / square
+            weight = masses[i] * masses[j] / (square * math.sqrt(square))
+            term = (
+                -3.0 * weight * (pulling_velocity - 3.0 * alpha * (pull + speed) + 5.0 * alpha * alpha * alpha * square)
+            )
+            total += term
+            spread += abs(term)
     return abs(total), spread

@@ -88,25 +88,16 @@ def rollout_kernel(
     scalars,
     extra_evaluations,
     grid,
-    log_reference,
     history_length,
-    candidates,
-    temperature,
-    pair_mean,
-    pair_scale,
-    context_mean,
-    context_scale,
-    weights,
-    layout,
-    embed_layers,
-    log_min,
-    log_max,
+    network,
+    numbers,
     int_stats,
     float_stats,
 ):
     """Integrate every system b until ``end_time[b]``, in place in the state arrays (B, N, D)
     and ``times`` (B,), gated against ``threshold[b]``, the policy aimed at ``aim[b]``;
-    per-system statistics go to ``int_stats`` (B, 4) and ``float_stats`` (B, 7)."""
+    per-system statistics go to ``int_stats`` (B, 4) and ``float_stats`` (B, 7). ``network`` and
+    ``numbers``: the learned policy (see :func:`aitimestepper.kernels.learned.look_and_step`)."""
     batch, count, dim = positions.shape
     for b in prange(batch):
         x, v, a = positions[b], velocities[b], accelerations[b]
@@ -143,28 +134,7 @@ def rollout_kernel(
             elif kind == 5:
                 proposed = _oracle(x, v, a, m, eps, e, target, grid, int(scalars[0]), x1, v1, a1)
             else:
-                log_dt, row0, row1 = look_and_step(
-                    x,
-                    v,
-                    a,
-                    m,
-                    eps,
-                    log_threshold,
-                    log_reference,
-                    history,
-                    filled,
-                    candidates,
-                    temperature,
-                    pair_mean,
-                    pair_scale,
-                    context_mean,
-                    context_scale,
-                    weights,
-                    layout,
-                    embed_layers,
-                    log_min,
-                    log_max,
-                )
+                log_dt, row0, row1 = look_and_step(x, v, a, m, eps, log_threshold, history, filled, network, numbers)
                 proposed = math.exp(log_dt)
             smallest = min(smallest, proposed)
             dt = min(proposed, end_time[b] - t)

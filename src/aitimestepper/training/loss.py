@@ -1,4 +1,6 @@
-"""The band loss: push each step's relative energy error into a band below the threshold."""
+"""The training losses of a step's relative energy error: the band loss (push the error into a
+band below the threshold) and the quantile loss (the largest step that a given share of steps
+passes)."""
 
 from __future__ import annotations
 
@@ -49,6 +51,27 @@ def band_loss(
         + below_weight * (lower - log_error).relu().square()
         + failure_weight * (log_error - threshold).relu()
     )
+
+
+def quantile_loss(error: Tensor, energy_threshold: float | Tensor, pass_rate: float) -> Tensor:
+    """Per-sample pinball loss in log error: relu(log(thr / e)) + p / (1 - p) relu(log(e / thr)).
+
+    With u = log(e / thr) growing as 3 log dt, its minimum over dt puts the threshold at the
+    ``pass_rate`` quantile of the errors a state's features cannot tell apart: states the network
+    resolves exactly are stepped up to the gate, states it cannot resolve are stepped back until
+    only 1 - ``pass_rate`` of them fail. Below the gate the loss is log(thr / e), three times
+    log(edge / dt): the cost of a too-short step, to first order.
+
+    Args:
+        error: (B,) relative energy errors of one step each, finite, >= 0, differentiable.
+        energy_threshold: the gate, one for all samples or (B,).
+        pass_rate: p in (0, 1), the share of steps that should pass.
+
+    Returns:
+        (B,) losses, >= 0.
+    """
+    log_ratio = (error + _FLOOR).log() - torch.as_tensor(energy_threshold, dtype=error.dtype).log()
+    return (-log_ratio).relu() + pass_rate / (1.0 - pass_rate) * log_ratio.relu()
 
 
 def shrink_loss(log_dt: Tensor) -> Tensor:

@@ -42,14 +42,17 @@ def run_training(
     models_dir = Path(models_dir)
     bar = tqdm(total=params.epochs, desc="train", unit="epoch", file=sys.stderr, disable=None)
 
+    shown: dict[str, str] = {}
+
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         bar.n = epoch
-        bar.set_postfix(
-            accept=f"{metrics['part1/acceptance_rate']:.2f}",
-            p2_iter=int(metrics["part2/iterations"]),
-            val_pass=f"{metrics['validation/pass_rate']:.4f}",
-            steps=f"{metrics['validation/steps_per_orbit']:.0f}",
-        )
+        shown.update(accept=f"{metrics['part1/acceptance_rate']:.2f}", p2_iter=str(int(metrics["part2/iterations"])))
+        if "validation/worst_family_pass_rate" in metrics:  # a validated epoch
+            shown.update(
+                worst_family=f"{metrics['validation/worst_family_pass_rate']:.4f}",
+                steps=f"{metrics['validation/steps_per_time_scale']:.0f}",
+            )
+        bar.set_postfix(shown)
         bar.refresh()
 
     if not tracking:

@@ -13,7 +13,7 @@ from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.integrator import step_energy_error
 from aitimestepper.physics.state import State
-from aitimestepper.training.loss import band_loss, shrink_loss
+from aitimestepper.training.loss import band_loss, quantile_loss, shrink_loss
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,10 @@ def _scored(state: State, dt: Tensor, seen: PairLook, energy_threshold: Tensor, 
 
 
 def _band(error: Tensor, energy_threshold: Tensor, params: Params) -> Tensor:
+    """The loss of ``training.loss`` on finite errors."""
     training = params.training
+    if training.loss == "quantile":
+        return quantile_loss(error, training.quantile_gate * energy_threshold, training.quantile_pass_rate)
     return band_loss(
         error,
         energy_threshold,

@@ -79,7 +79,7 @@ def validate(policy: LearnedPolicy, params: Params, sets: list[ValidationSet]) -
     """
     duration = params.training.validation_duration
     levels = validation_thresholds(params)
-    passed, steps, rates, families, worst_error = [], [], [], [], 0.0
+    passed, steps, rows, families, worst_error = [], [], [], [], 0.0
     for chosen in sets:
         count = chosen.state.batch_size
         thresholds = torch.tensor(levels, dtype=torch.float64).repeat_interleave(count)
@@ -93,16 +93,13 @@ def validate(policy: LearnedPolicy, params: Params, sets: list[ValidationSet]) -
         )
         taken = result.steps.double()
         elapsed = (result.final_state.time / time_scale).clamp_min(1e-12)
-        rate = result.steps_passed / taken.clamp_min(1)
-        rate = torch.where(result.failed, torch.zeros_like(rate), rate)
+        rate = torch.where(result.failed, torch.zeros_like(taken), result.steps_passed / taken.clamp_min(1))
         passed.append(result.steps_passed.double())
         steps.append(taken)
-        rates.append(rate)
+        rows.append(torch.stack([rate, (taken.clamp_min(1) / elapsed).log()], dim=1))  # pass rate, log steps
         families += chosen.family * len(levels)
-        steps_per_time_scale = taken.clamp_min(1) / elapsed
-        rates[-1] = torch.stack([rate, steps_per_time_scale.log()], dim=1)
         worst_error = max(worst_error, float((result.max_step_error / thresholds).max()))
-    table = torch.cat(rates)
+    table = torch.cat(rows)
     metrics = {
         "pass_rate": float(torch.cat(passed).sum() / torch.cat(steps).sum().clamp_min(1)),
         "worst_pass_rate": float(table[:, 0].min()),
