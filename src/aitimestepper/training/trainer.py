@@ -155,7 +155,8 @@ def _train(
             "epoch_time_s": time.perf_counter() - epoch_started,
         }
         history.append(metrics)
-        if validated and (not best or score(validation) > score(_unprefixed(best))):
+        competes = validated and (epoch > params.training.selection_start * params.epochs or epoch == params.epochs)
+        if competes and (not best or score(validation) > score(_unprefixed(best))):
             best = {"epoch": float(epoch), **{f"validation/{k}": v for k, v in validation.items()}}
             save_checkpoint(model_path, model_payload(network, params, epoch, validation))
         if epoch % params.training.checkpoint_every == 0 or epoch == params.epochs:
