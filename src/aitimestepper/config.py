@@ -161,6 +161,15 @@ class TrainingParams(Section):
     validate_every: int = Field(
         1, ge=1, le=10_000, description="Epochs between validations (the last is always validated)."
     )
+    selection_start: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Fraction of the epochs after which validated snapshots compete to be kept "
+            "(the last epoch always competes)."
+        ),
+    )
     checkpoint_every: int = Field(1, ge=1, description="Epochs between checkpoints.")
 
     @model_validator(mode="after")
