@@ -50,6 +50,13 @@ CASES = (
 #: feeds the errors back: steps and errors then differ by up to 4e-4 (measured, history_len = 2).
 LEARNED_DT_RTOL = 1e-3
 LEARNED_POSITIONS_RTOL = 1e-5
+#: Democratic triples and clusters are chaotic: a close encounter amplifies the learned policy's
+#: float32 round-off exponentially (measured on a perturbed network: on an 8-body cluster steps differing by 3e-7 after 0.1
+#: crossing times, 2e-3 after 0.2, 2e-2 after 0.3; on a 3-D democratic triple 5e-7 after 0.1, then
+#: 91 against 95 steps after 0.2). The learned policies are compared on them over
+#: LEARNED_CHAOTIC_DURATION, before the amplification; on the other families over DURATION.
+LEARNED_CHAOTIC_DURATION = 0.1
+CHAOTIC_FAMILIES = ("democratic_triple", "plummer")
 POLICIES = (
     "fixed",
     "free_fall",
@@ -198,10 +205,12 @@ def test_compiled_rollout_equals_the_torch_reference(name, batches, learned):
     for group in batches:
         policy, gated = contender(name, group, learned)
         assert fast.supports(policy)
+        chaotic = any(label["family"] in CHAOTIC_FAMILIES for label in group.labels)
+        duration = LEARNED_CHAOTIC_DURATION if name.startswith("learned") and chaotic else DURATION
         reference, compiled = both_engines(
             group.state,
             policy,
-            DURATION * group.time_scale,
+            duration * group.time_scale,
             energy_threshold=THRESHOLD,
             max_steps=MAX_STEPS,
             gated=gated,

@@ -75,10 +75,13 @@ def test_part1_rejects_a_too_large_step_and_retrains_until_accepted():
 
 
 def test_a_system_stuck_on_one_state_is_redrawn_instead_of_stalling_the_epoch():
-    params = tiny_params(**{"model.initial_correction": 10.0, "training.max_retries_per_state": 1})
+    # steps 4x too long fail at once; a large learning rate brings them back within tens of retries
+    settings = {"model.initial_correction": 4.0, "training.max_retries_per_state": 1, "training.steps_per_epoch": 1}
+    params = tiny_params(**settings, **{"training.learning_rate": 0.1, "training.learning_rate_final": 0.1})
     policy, optimizer, sampler, _ = setup(params)
     stats = Collector(params, sampler).collect(policy, optimizer, ReplayBuffer(1000)).values
     assert stats["stuck_redrawn"] > 0
+    assert stats["acceptance_rate"] > 0
 
 
 def test_retrain_cap_gives_a_clear_error():
