@@ -51,10 +51,10 @@ CASES = (
 LEARNED_DT_RTOL = 1e-3
 LEARNED_POSITIONS_RTOL = 1e-5
 #: Democratic triples and clusters are chaotic: a close encounter amplifies the learned policy's
-#: float32 round-off exponentially (measured on a perturbed network: on an 8-body cluster steps differing by 3e-7 after 0.1
-#: crossing times, 2e-3 after 0.2, 2e-2 after 0.3; on a 3-D democratic triple 5e-7 after 0.1, then
-#: 91 against 95 steps after 0.2). The learned policies are compared on them over
-#: LEARNED_CHAOTIC_DURATION, before the amplification; on the other families over DURATION.
+#: float32 round-off exponentially (measured on a perturbed network: on an 8-body cluster, steps
+#: differing by 3e-7 after 0.1 crossing times, 2e-3 after 0.2, 2e-2 after 0.3; on a 3-D democratic
+#: triple 5e-7 after 0.1, then 91 against 95 steps after 0.2). The learned policies are compared
+#: on them over LEARNED_CHAOTIC_DURATION, before the amplification; elsewhere over DURATION.
 LEARNED_CHAOTIC_DURATION = 0.1
 CHAOTIC_FAMILIES = ("democratic_triple", "plummer")
 POLICIES = (
