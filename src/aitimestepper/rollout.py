@@ -111,11 +111,12 @@ def rollout(
         progress: optional callable ``progress(steps_done)`` called once per step (the compiled
             path calls it once, at the end, with the steps of the longest run).
         engine: ``torch`` (the reference), ``compiled`` (:mod:`aitimestepper.fast`), or ``auto``:
-            compiled whenever the policy has a compiled twin and no trajectory is recorded.
+            compiled whenever no trajectory is recorded and :func:`aitimestepper.fast.prefers` it
+            (the policy has a compiled twin, faster for this batch).
     """
     if engine not in ("auto", "torch", "compiled"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'compiled', got {engine!r}")
-    if engine == "compiled" or (engine == "auto" and not record and fast.supports(policy)):
+    if engine == "compiled" or (engine == "auto" and not record and fast.prefers(policy, state)):
         result = fast.fast_rollout(
             state,
             policy,
