@@ -25,7 +25,7 @@ Per look, over the P = N (N - 1) / 2 pairs i < j (components-first, one pass):
            perturbs the pair; a_mutual the pair's own attraction),
       with s**2 = r**2 + eps**2, r = x_j - x_i, v = v_j - v_i, a the accelerations carried in the
       state (no extra force evaluation).
-    System context, C = ``CONTEXT_FEATURES``: the crowding -(1/3) log sum_ij exp(-3 (log step_ij -
+    System context, ``LOOK_FEATURES``: the crowding -(1/3) log sum_ij exp(-3 (log step_ij -
         min log step)) (<= 0; how many pairs share the smallest step, summed as errors add),
         log 2 K / |W| (virial ratio), and the leading-order energy error of the step itself:
         kick-drift-kick changes the energy by dt**3 R / 12 + O(dt**4), R = sum_i m_i (2 a_i . j_i +
@@ -38,12 +38,30 @@ Per look, over the P = N (N - 1) / 2 pairs i < j (components-first, one pass):
         h_1 = (12 |E| / |R|)**(1/3) (threshold 1). The context holds log(h_1 / min step) (clipped to
         [-3, 3]: R vanishes at the apsides of an orbit, where higher orders decide) and
         log(|R| / sum_ij |pair term| + 1e-8) (how much the pairs' terms cancel).
+    The leading-order step ignores how R changes during the step; the *quartic step* does not.
+        A symmetric integrator conserves a modified energy E + dt**2 H_2 + O(dt**4), so one step
+        changes E by -dt**2 [H_2(t + dt) - H_2(t)], and with R / 12 = -dH_2/dt the error is
+        dt**3 / 12 (R + dt R' / 2) + O(dt**5). R' is taken from the previous state (the finite
+        difference of R over the step just made, free: the history keeps R), and the quartic step
+        is the smallest h with |h**3 (R + h R' / 2)| = 12 |E| threshold, found by bisection in a
+        bracket of ratio <= 2 (it steps across the zero of R where the error's sign changes). The
+        context holds its log over min step (threshold 1, clipped to [-3, 3]); without a past state
+        it equals the leading-order one (R' = 0). Measured along learned runs (2e-4, 300 steps per
+        held-out system): the log spread of the oracle's step over the quartic step is 0.08-0.14 on
+        binaries and triples, 0.23-0.27 on clusters and planetary systems, against 0.12-0.34 over
+        the leading-order step.
+    The *quintic step* adds the curvature of R: R' and R'' from the last two steps' changes (divided
+        differences), the step the smallest h with |h**3 (R + h R' / 2 + h**2 R'' / 6)| = 12 |E|
+        threshold (the first crossing on a log grid, refined by bisection). Measured along
+        controller-like runs (0.8 oracle steps): the oracle's step is at least 0.94 of it on 99% of
+        binaries' steps (0.88 for the quartic step), 0.75-0.79 on triples (0.62-0.64).
     History rows (what a :class:`History` keeps of each past state, ``ROW_WIDTH``): its min log
-        step and crowding, and the outcome of the step taken from it: log(error / threshold)
-        (floored at 1e-4, capped at 1e4) and log(dt / (min step threshold**(1/3))), the correction
-        the policy applied. A window of H past rows adds 5 H context columns: per slot a 0/1 flag
-        (filled or not), the past min log step relative to the current one, the past crowding,
-        error and correction; unfilled slots are all zeros (zero padding).
+        step, crowding and dimensionless rate u = R s**3 / (12 |E|) (s = exp(min log step)), and
+        the outcome of the step taken from it: log(error / threshold) (floored at 1e-4, capped at
+        1e4) and log(dt / (s threshold**(1/3))), the correction the policy applied. A window of H
+        past rows adds 5 H context columns: per slot a 0/1 flag (filled or not), the past min log
+        step relative to the current one, the past crowding, error and correction; unfilled slots
+        are all zeros (zero padding).
 
 |E| and K are taken in the centre-of-mass frame. Every feature is a ratio of quantities built from
 G, masses, separations, velocities and accelerations: unchanged when bodies are relabelled, the
@@ -64,16 +82,27 @@ from aitimestepper.physics import gravity
 from aitimestepper.physics.state import State
 
 PAIR_FEATURES = 7
-CONTEXT_FEATURES = 4
+#: context columns of a look (crowding, virial ratio, leading-order step, cancellation) ...
+LOOK_FEATURES = 4
+#: ... and of the current state in the network's context: those, the quartic and quintic steps
+CONTEXT_FEATURES = LOOK_FEATURES + 2
 #: log(h_1 / min step) is clipped to +-RATE_STEP_CLIP (R vanishes at the apsides of an orbit)
 RATE_STEP_CLIP = 3.0
 CANCELLATION_FLOOR = 1e-8
-#: what a look keeps of its state (min log step, crowding) ...
-LOOK_ROW = 2
-#: ... and a history row: those, and the step's log error over threshold and log correction
-ROW_WIDTH = 4
-#: context columns per history slot: filled flag and the four row quantities (relative)
+#: what a look keeps of its state (min log step, crowding, dimensionless rate u) ...
+LOOK_ROW = 3
+#: ... and a history row: min log step, crowding, the step's log error over threshold, its log
+#: correction, and u
+ROW_WIDTH = 5
+#: context columns per history slot: filled flag and the first four row quantities (relative)
 SLOT_FEATURES = 5
+#: bisections of the quartic step in its bracket (ratio <= 2): 2**-40 relative precision
+QUARTIC_BISECTIONS = 40
+#: the dimensionless rates are kept within [1/RATE_BOUND, RATE_BOUND] in the quartic step's root
+RATE_BOUND = 1e30
+#: the quintic step's first crossing: a grid of log x over +-RATE_STEP_CLIP, then bisections
+CROSSING_POINTS = 61
+CROSSING_BISECTIONS = 30
 ERROR_FLOOR, ERROR_CAP = 1e-4, 1e4
 TINY = 1e-300
 LOG_FLOOR = 1e-12
@@ -83,7 +112,8 @@ _ERROR_ORDER = 3.0
 
 
 def context_dim(history_len: int) -> int:
-    """System context columns for a window of ``history_len`` past states."""
+    """System context columns for a window of ``history_len`` past states (the network adds the
+    threshold's)."""
     return CONTEXT_FEATURES + SLOT_FEATURES * history_len
 
 
@@ -95,7 +125,7 @@ class PairLook:
         log_step: (B, K) float64 log of the candidates' energy-normalised free-fall steps at
             threshold 1 (log time units), smallest first.
         pair_features: (B, K, PAIR_FEATURES) float64 per-candidate features.
-        context: (B, CONTEXT_FEATURES) float64 system features of the current state.
+        context: (B, LOOK_FEATURES) float64 system features of the current state.
         rows: (B, LOOK_ROW) float64 what a :class:`History` keeps of this state (before the step).
     """
 
@@ -122,15 +152,112 @@ def look(state: State, candidates: int) -> PairLook:
 
 
 def system_context(current: PairLook, history: History) -> Tensor:
-    """(B, context_dim(H)) the current context and the window of past rows (zero-padded)."""
+    """(B, context_dim(H)) the current context, the quartic step and the window of past rows
+    (zero-padded)."""
+    quartic = torch.stack([quartic_step(current.rows, history), quintic_step(current.rows, history)], dim=1)
     if history.length == 0:
-        return current.context
+        return torch.cat([current.context, quartic], dim=1)
     slots = torch.arange(history.length, device=current.context.device)
     valid = (slots.unsqueeze(0) < history.filled.unsqueeze(1)).to(current.context.dtype)  # (B, H)
-    past = history.rows
+    past = history.rows[:, :, :4]
     relative = torch.cat([(past[:, :, 0] - current.rows[:, None, 0]).unsqueeze(2), past[:, :, 1:]], dim=2)
     slots = torch.cat([valid.unsqueeze(2), relative * valid[:, :, None]], dim=2)  # (B, H, SLOT_FEATURES)
-    return torch.cat([current.context, slots.flatten(1)], dim=1)
+    return torch.cat([current.context, quartic, slots.flatten(1)], dim=1)
+
+
+def quartic_step(look_rows: Tensor, history: History) -> Tensor:
+    """(B,) log of the quartic step over min step (threshold 1), clipped to +-RATE_STEP_CLIP,
+    from the (B, LOOK_ROW) rows of the current look and the most recent past row (module doc).
+
+    In units x of the current min step (times threshold**(1/3)), the step solves
+    |x**3 (u + w x / 2)| = 1, u the current dimensionless rate and w = exp(d - c) (u - u_p
+    exp(3 d)) its change over the last step, d the change of min log step, c the last correction,
+    u_p the last rate (w = 0 without a past state)."""
+    rate = look_rows[:, 2]
+    if history.length == 0:
+        change = torch.zeros_like(rate)
+    else:
+        last = history.rows[:, 0]
+        shift = look_rows[:, 0] - last[:, 0]
+        change = torch.where(
+            history.filled > 0, (shift - last[:, 3]).exp() * (rate - last[:, 4] * (3.0 * shift).exp()), 0.0
+        )
+    return _quartic_root(rate, change).clamp(-RATE_STEP_CLIP, RATE_STEP_CLIP)
+
+
+def quintic_step(look_rows: Tensor, history: History) -> Tensor:
+    """(B,) log of the quintic step over min step (threshold 1), clipped to +-RATE_STEP_CLIP: as
+    :func:`quartic_step` with R also curving, R'' from the last two steps' changes of R, and R'
+    taken now: |x**3 (u + p x / 2 + q x**2 / 6)| = 1 (the error is h**3 / 12 times R averaged over
+    the step). In units of the current step unit, the past rates are u_k exp(3 (m - m_k)) and the
+    past steps exp(m_k + c_k - m); p and q are their divided differences (0 where the window holds
+    fewer than one and two past states)."""
+    rate, minimum = look_rows[:, 2], look_rows[:, 0]
+    slope = curvature = torch.zeros_like(rate)
+    if history.length >= 1:
+        rows = history.rows[:, : min(history.length, 2)]
+        steps = (rows[:, :, 0] + rows[:, :, 3] - minimum.unsqueeze(1)).exp()  # (B, <=2)
+        rates = rows[:, :, 4] * (3.0 * (minimum.unsqueeze(1) - rows[:, :, 0])).exp()
+        latest = (rate - rates[:, 0]) / steps[:, 0]
+        if history.length >= 2:
+            earlier = (rates[:, 0] - rates[:, 1]) / steps[:, 1]
+            curvature = torch.where(history.filled >= 2, (latest - earlier) / (0.5 * (steps[:, 0] + steps[:, 1])), 0.0)
+        slope = torch.where(history.filled >= 1, latest + 0.5 * curvature * steps[:, 0], 0.0)
+    return _first_crossing(rate, slope / 2.0, curvature / 6.0)
+
+
+def _crossing_grid(dtype: torch.dtype) -> Tensor:
+    """The log x grid of :func:`_first_crossing`, -clip + k spacing (as the kernel builds it)."""
+    spacing = 2.0 * RATE_STEP_CLIP / (CROSSING_POINTS - 1)
+    return -RATE_STEP_CLIP + torch.arange(CROSSING_POINTS, dtype=dtype) * spacing
+
+
+def _first_crossing(c0: Tensor, c1: Tensor, c2: Tensor) -> Tensor:
+    """(B,) the smallest log x in [-clip, clip] with x**3 |c0 + c1 x + c2 x**2| >= 1: the first
+    grid point that reaches 1, refined by bisection against the one before; -clip if the grid's
+    first point reaches it, +clip if none does."""
+    grid = _crossing_grid(c0.dtype)
+    scale = grid.exp()
+    reached = scale**3 * (c0[:, None] + c1[:, None] * scale + c2[:, None] * scale * scale).abs() >= 1.0
+    first = reached.to(torch.int64).argmax(dim=1)
+    hi, lo = grid[first], grid[(first - 1).clamp_min(0)]
+    for _ in range(CROSSING_BISECTIONS):
+        middle = 0.5 * (lo + hi)
+        x = middle.exp()
+        above = x * x * x * (c0 + c1 * x + c2 * x * x).abs() >= 1.0
+        hi, lo = torch.where(above, middle, hi), torch.where(above, lo, middle)
+    edge = torch.full_like(c0, RATE_STEP_CLIP)
+    return torch.where(reached.any(dim=1), torch.where(first == 0, -edge, hi), edge)
+
+
+def _quartic_root(rate: Tensor, change: Tensor) -> Tensor:
+    """(B,) log x of the smallest x > 0 with x**3 |a + b x| = 1, a = |u|, b = sign(u) w / 2.
+
+    The bracket: for b >= 0, x**3 |a + b x| grows, and the root lies in [hi / 2, hi], hi =
+    min(a**(-1/3), b**(-1/4)). For b < 0 it rises to a peak at 3 a / (4 |b|): if the peak reaches
+    1 the root lies in [a**(-1/3), (4 / a)**(1/3)]; else beyond the zero a / |b|, in [max(a / |b|,
+    |b|**(-1/4)), a / |b| + |b|**(-1/4)]. Bisection in log x then halves the bracket
+    ``QUARTIC_BISECTIONS`` times (the function grows in every bracket)."""
+    a = rate.abs().clamp(1.0 / RATE_BOUND, RATE_BOUND)
+    b = torch.where(rate < 0, -change, change) / 2.0
+    slope = b.abs().clamp(1.0 / RATE_BOUND, RATE_BOUND)
+    leading, trailing = a.pow(-1.0 / 3.0), slope.pow(-0.25)
+    growing = b >= 0
+    zero = a / slope
+    reaches = (0.75 * a / slope).pow(3.0) * a / 4.0 >= 1.0
+    lo = torch.where(
+        growing, 0.5 * torch.minimum(leading, trailing), torch.where(reaches, leading, torch.maximum(zero, trailing))
+    )
+    hi = torch.where(
+        growing, torch.minimum(leading, trailing), torch.where(reaches, (4.0 / a).pow(1.0 / 3.0), zero + trailing)
+    )
+    lo, hi = lo.log(), hi.log()
+    for _ in range(QUARTIC_BISECTIONS):
+        middle = 0.5 * (lo + hi)
+        x = middle.exp()
+        above = x * x * x * (a + b * x).abs() >= 1.0
+        hi, lo = torch.where(above, middle, hi), torch.where(above, lo, middle)
+    return hi
 
 
 def history_row(look_rows: Tensor, dt: Tensor, error: Tensor, energy_threshold: float | Tensor) -> Tensor:
@@ -140,7 +267,7 @@ def history_row(look_rows: Tensor, dt: Tensor, error: Tensor, energy_threshold: 
     threshold = torch.as_tensor(energy_threshold, dtype=dt.dtype)
     log_error = (error / threshold).clamp(ERROR_FLOOR, ERROR_CAP).log()
     correction = dt.log() - look_rows[:, 0] - threshold.log() / 3.0
-    return torch.cat([look_rows, log_error.unsqueeze(1), correction.unsqueeze(1)], dim=1)
+    return torch.cat([look_rows[:, :2], log_error.unsqueeze(1), correction.unsqueeze(1), look_rows[:, 2:]], dim=1)
 
 
 def energy_normalised_steps(state: State) -> Tensor:
@@ -257,21 +384,23 @@ def _look(state: State, candidates: int) -> PairLook:
     all_minimum = pairs.log_step.amin(dim=1, keepdim=True)
     crowding = -torch.logsumexp(-_ERROR_ORDER * (pairs.log_step - all_minimum), dim=1) / _ERROR_ORDER
     virial = (pairs.virial + LOG_FLOOR).log()
-    rate, spread = _energy_error_rate(pairs)
+    signed_rate, spread = _energy_error_rate(pairs)
+    rate = signed_rate.abs()
     rate_step = ((12.0 * pairs.energy / rate.clamp_min(TINY)).log() / _ERROR_ORDER - all_minimum.squeeze(1)).clamp(
         -RATE_STEP_CLIP, RATE_STEP_CLIP
     )
     cancellation = (rate / spread.clamp_min(TINY) + CANCELLATION_FLOOR).log()
+    dimensionless_rate = signed_rate / (12.0 * pairs.energy) * (_ERROR_ORDER * all_minimum.squeeze(1)).exp()
     return PairLook(
         log_step=log_step,
         pair_features=features,
         context=torch.stack([crowding, virial, rate_step, cancellation], dim=1),
-        rows=torch.stack([all_minimum.squeeze(1), crowding], dim=1),
+        rows=torch.stack([all_minimum.squeeze(1), crowding, dimensionless_rate], dim=1),
     )
 
 
 def _energy_error_rate(pairs: _Pairs) -> tuple[Tensor, Tensor]:
-    """|R| and the sum of its pair terms' magnitudes (M,): R the rate of kick-drift-kick's
+    """R and the sum of its pair terms' magnitudes (M,): R the rate of kick-drift-kick's
     leading-order one-step energy error dt**3 R / 12, summed over pairs (see the module doc)."""
     radial = (pairs.r * pairs.v).sum(dim=1)
     alpha = radial / pairs.square
@@ -284,7 +413,7 @@ def _energy_error_rate(pairs: _Pairs) -> tuple[Tensor, Tensor]:
         * weight
         * (pulling_velocity - 3.0 * alpha * (pull + speed_square) + 5.0 * alpha * alpha * alpha * pairs.square)
     )
-    return terms.sum(dim=1).abs(), terms.abs().sum(dim=1)
+    return terms.sum(dim=1), terms.abs().sum(dim=1)
 
 
 @functools.cache

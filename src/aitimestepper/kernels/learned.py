@@ -18,9 +18,14 @@ from numba import njit
 from aitimestepper.features import (
     CANCELLATION_FLOOR,
     CONTEXT_FEATURES,
+    CROSSING_BISECTIONS,
+    CROSSING_POINTS,
     LOG_FLOOR,
+    LOOK_FEATURES,
     PAIR_FEATURES,
     PERTURBATION_FLOOR,
+    QUARTIC_BISECTIONS,
+    RATE_BOUND,
     RATE_STEP_CLIP,
     SLOT_FEATURES,
     TINY,
@@ -61,12 +66,84 @@ def _dense(weights, layout, layer, inputs, activate):
 
 
 @njit(cache=True)
+def quartic_root(rate, change):
+    """log x of the smallest x > 0 with x**3 |a + b x| = 1, as
+    :func:`aitimestepper.features._quartic_root` (the same bracket and bisections)."""
+    a = min(max(abs(rate), 1.0 / RATE_BOUND), RATE_BOUND)
+    b = (-change if rate < 0 else change) / 2.0
+    slope = min(max(abs(b), 1.0 / RATE_BOUND), RATE_BOUND)
+    leading, trailing = a ** (-1.0 / 3.0), slope**-0.25
+    if b >= 0:
+        hi = min(leading, trailing)
+        lo = 0.5 * hi
+    elif (0.75 * a / slope) ** 3.0 * a / 4.0 >= 1.0:
+        lo, hi = leading, (4.0 / a) ** (1.0 / 3.0)
+    else:
+        zero = a / slope
+        lo, hi = max(zero, trailing), zero + trailing
+    lo, hi = math.log(lo), math.log(hi)
+    for _ in range(QUARTIC_BISECTIONS):
+        middle = 0.5 * (lo + hi)
+        x = math.exp(middle)
+        if x * x * x * abs(a + b * x) >= 1.0:
+            hi = middle
+        else:
+            lo = middle
+    return hi
+
+
+@njit(cache=True)
+def _crossing_value(c0, c1, c2, log_x):
+    x = math.exp(log_x)
+    return x * x * x * abs(c0 + c1 * x + c2 * x * x)
+
+
+@njit(cache=True)
+def first_crossing(c0, c1, c2):
+    """As :func:`aitimestepper.features._first_crossing`: the same grid and bisections."""
+    spacing = 2.0 * RATE_STEP_CLIP / (CROSSING_POINTS - 1)
+    for k in range(CROSSING_POINTS):
+        hi = -RATE_STEP_CLIP + k * spacing
+        if _crossing_value(c0, c1, c2, hi) >= 1.0:
+            if k == 0:
+                return -RATE_STEP_CLIP
+            lo = -RATE_STEP_CLIP + (k - 1) * spacing
+            for _ in range(CROSSING_BISECTIONS):
+                middle = 0.5 * (lo + hi)
+                if _crossing_value(c0, c1, c2, middle) >= 1.0:
+                    hi = middle
+                else:
+                    lo = middle
+            return hi
+    return RATE_STEP_CLIP
+
+
+@njit(cache=True, error_model="numpy")
+def quintic_step(rate, minimum, history, filled):
+    """As :func:`aitimestepper.features.quintic_step` for one system (a division by zero gives
+    inf or NaN, as in torch)."""
+    slope = curvature = 0.0
+    if filled >= 1:
+        step0 = math.exp(history[0, 0] + history[0, 3] - minimum)
+        rate0 = history[0, 4] * math.exp(3.0 * (minimum - history[0, 0]))
+        latest = (rate - rate0) / step0
+        if filled >= 2:
+            step1 = math.exp(history[1, 0] + history[1, 3] - minimum)
+            rate1 = history[1, 4] * math.exp(3.0 * (minimum - history[1, 0]))
+            earlier = (rate0 - rate1) / step1
+            curvature = (latest - earlier) / (0.5 * (step0 + step1))
+        slope = latest + 0.5 * curvature * step0
+    return first_crossing(rate, slope / 2.0, curvature / 6.0)
+
+
+@njit(cache=True)
 def look_and_step(positions, velocities, acc, masses, eps, log_threshold, history, filled, network, numbers):
-    """log dt of the learned policy for one system, and the two quantities its look keeps.
+    """log dt of the learned policy for one system, and the three quantities its look keeps (min
+    log step, crowding, dimensionless rate).
 
     Args:
         log_threshold: log of the system's threshold.
-        history: (H, 4) float64 past rows, most recent first; ``filled`` of them are real.
+        history: (H, ROW_WIDTH) float64 past rows, most recent first; ``filled`` of them are real.
         network: (pair_mean, pair_scale, context_mean, context_scale, weights, layout) arrays.
         numbers: (candidates, embed_layers, temperature, log_min, log_max, log_reference): the
             most candidate pairs, the embedding layers, the soft minimum's temperature, the
@@ -91,7 +168,14 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
         total += math.exp(shifted[p] - top)
     crowding = -(top + math.log(total)) / 3.0
     virial = math.log(2.0 * kinetic / max(potential, TINY) + LOG_FLOOR)
-    rate, spread = energy_error_rate(positions, velocities, acc, masses, eps)
+    signed_rate, spread = energy_error_rate(positions, velocities, acc, masses, eps)
+    rate = abs(signed_rate)
+    dimensionless_rate = signed_rate / (12.0 * system_energy) * math.exp(3.0 * minimum)
+    change = 0.0
+    if filled > 0:
+        shift = minimum - history[0, 0]
+        change = math.exp(shift - history[0, 3]) * (dimensionless_rate - history[0, 4] * math.exp(3.0 * shift))
+    quartic = min(max(quartic_root(dimensionless_rate, change), -RATE_STEP_CLIP), RATE_STEP_CLIP)
     rate_step = math.log(12.0 * system_energy / max(rate, TINY)) / 3.0 - minimum
     rate_step = min(max(rate_step, -RATE_STEP_CLIP), RATE_STEP_CLIP)
     cancellation = math.log(rate / max(spread, TINY) + CANCELLATION_FLOOR)
@@ -113,6 +197,8 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
     context[1] = virial
     context[2] = rate_step
     context[3] = cancellation
+    context[LOOK_FEATURES] = quartic
+    context[LOOK_FEATURES + 1] = quintic_step(dimensionless_rate, minimum, history, filled)
     for slot in range(history.shape[0]):
         valid = 1.0 if slot < filled else 0.0
         start = CONTEXT_FEATURES + SLOT_FEATURES * slot
@@ -187,4 +273,4 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
     for k in range(keep):
         total += math.exp(corrected[k] - top)
     log_dt = -temperature * (top + math.log(total)) + log_threshold / 3.0
-    return log_dt, minimum, crowding
+    return log_dt, minimum, crowding, dimensionless_rate

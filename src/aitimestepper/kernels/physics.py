@@ -229,7 +229,7 @@ def prs23(positions, velocities, acc, masses, eps):
 
 @njit(cache=True)
 def energy_error_rate(positions, velocities, acc, masses, eps):
-    """|R| and the sum of its pair terms' magnitudes, R the rate of the leading-order one-step
+    """R and the sum of its pair terms' magnitudes, R the rate of the leading-order one-step
     energy error dt**3 R / 12 of kick-drift-kick, summed over pairs as
     :func:`aitimestepper.features._energy_error_rate`."""
     count, dim = positions.shape
@@ -257,4 +257,4 @@ def energy_error_rate(positions, velocities, acc, masses, eps):
             )
             total += term
             spread += abs(term)
-    return abs(total), spread
+    return total, spread

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from aitimestepper.features import ERROR_CAP, ERROR_FLOOR
+from aitimestepper.features import ERROR_CAP, ERROR_FLOOR, ROW_WIDTH
 from aitimestepper.kernels.learned import look_and_step
 from aitimestepper.kernels.physics import (
     all_finite,
@@ -103,7 +103,7 @@ def rollout_kernel(
         x, v, a = positions[b], velocities[b], accelerations[b]
         m, eps, thr, target = masses[b], softening[b], threshold[b], aim[b]
         x1, v1, a1 = np.empty((count, dim)), np.empty((count, dim)), np.empty((count, dim))
-        history = np.zeros((history_length, 4))
+        history = np.zeros((history_length, ROW_WIDTH))
         filled = 0
         e0 = energy(x, v, m, eps)
         e = e0
@@ -118,7 +118,7 @@ def rollout_kernel(
         for _ in range(max_steps):
             if not (end_time[b] - t > END_TOLERANCE * abs(end_time[b])) or failed or steps >= cap:
                 break
-            row0 = row1 = 0.0
+            row0 = row1 = row2 = 0.0
             if kind == 0:
                 proposed = scalars[0]
             elif kind == 1:
@@ -134,7 +134,9 @@ def rollout_kernel(
             elif kind == 5:
                 proposed = _oracle(x, v, a, m, eps, e, target, grid, int(scalars[0]), x1, v1, a1)
             else:
-                log_dt, row0, row1 = look_and_step(x, v, a, m, eps, log_threshold, history, filled, network, numbers)
+                log_dt, row0, row1, row2 = look_and_step(
+                    x, v, a, m, eps, log_threshold, history, filled, network, numbers
+                )
                 proposed = math.exp(log_dt)
             smallest = min(smallest, proposed)
             dt = min(proposed, end_time[b] - t)
@@ -159,12 +161,13 @@ def rollout_kernel(
                 next_dt = dt * min(max(factor, 0.5), 2.0)
             if history_length > 0:
                 for slot in range(history_length - 1, 0, -1):
-                    for q in range(4):
+                    for q in range(ROW_WIDTH):
                         history[slot, q] = history[slot - 1, q]
                 history[0, 0] = row0
                 history[0, 1] = row1
                 history[0, 2] = math.log(min(max(error / target, ERROR_FLOOR), ERROR_CAP))
                 history[0, 3] = math.log(dt) - row0 - log_threshold / 3.0
+                history[0, 4] = row2
                 filled = min(filled + 1, history_length)
             x[:, :] = x1
             v[:, :] = v1
