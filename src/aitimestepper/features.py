@@ -152,17 +152,17 @@ def look(state: State, candidates: int) -> PairLook:
 
 
 def system_context(current: PairLook, history: History) -> Tensor:
-    """(B, context_dim(H)) the current context, the quartic step and the window of past rows
-    (zero-padded)."""
-    quartic = torch.stack([quartic_step(current.rows, history), quintic_step(current.rows, history)], dim=1)
+    """(B, context_dim(H)) the current context, the quartic and quintic steps, and the window of
+    past rows (zero-padded)."""
+    steps = torch.stack([quartic_step(current.rows, history), quintic_step(current.rows, history)], dim=1)
     if history.length == 0:
-        return torch.cat([current.context, quartic], dim=1)
+        return torch.cat([current.context, steps], dim=1)
     slots = torch.arange(history.length, device=current.context.device)
     valid = (slots.unsqueeze(0) < history.filled.unsqueeze(1)).to(current.context.dtype)  # (B, H)
-    past = history.rows[:, :, :4]
+    past = history.rows[:, :, : SLOT_FEATURES - 1]
     relative = torch.cat([(past[:, :, 0] - current.rows[:, None, 0]).unsqueeze(2), past[:, :, 1:]], dim=2)
     slots = torch.cat([valid.unsqueeze(2), relative * valid[:, :, None]], dim=2)  # (B, H, SLOT_FEATURES)
-    return torch.cat([current.context, quartic, slots.flatten(1)], dim=1)
+    return torch.cat([current.context, steps, slots.flatten(1)], dim=1)
 
 
 def quartic_step(look_rows: Tensor, history: History) -> Tensor:
