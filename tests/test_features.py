@@ -17,6 +17,7 @@ from aitimestepper.features import (
     context_dim,
     energy_normalised_steps,
     history_row,
+    kepler_step,
     look,
     quartic_step,
     quintic_step,
@@ -57,6 +58,11 @@ def assert_same_look(first, second, log_time_unit: float = 0.0, atol: float = 1e
     # the rows: min log step (moves with the time unit), crowding, dimensionless rate (of any size)
     torch.testing.assert_close(first.rows[:, 0] + log_time_unit, second.rows[:, 0], rtol=0, atol=atol)
     torch.testing.assert_close(first.rows[:, 1:], second.rows[:, 1:], rtol=atol, atol=atol)
+    # what the Kepler step reads: log k, phi, log tau - min log step, log share; the rest rate
+    torch.testing.assert_close(first.kepler, second.kepler, rtol=0, atol=atol)
+    torch.testing.assert_close(first.kepler_rest, second.kepler_rest, rtol=atol, atol=atol)
+    log_threshold = torch.full((first.log_step.shape[0],), math.log(2e-4), dtype=torch.float64)
+    torch.testing.assert_close(kepler_step(first, log_threshold), kepler_step(second, log_threshold), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -146,7 +152,8 @@ def test_history_window_keeps_steps_most_recent_first_and_pads_with_zeros(cluste
     history = History.empty(cluster.batch_size, length, ROW_WIDTH)
     state, rows = cluster, []
     fresh = look(state, CANDIDATES)
-    padded = system_context(fresh, history)
+    log_threshold = torch.full((cluster.batch_size,), math.log(2e-4), dtype=torch.float64)
+    padded = system_context(fresh, history, log_threshold)
     assert padded.shape == (cluster.batch_size, context_dim(length))
     assert torch.all(padded[:, CONTEXT_FEATURES:] == 0)  # nothing seen yet: exact zeros, flags 0
     assert history.warming_up().all()
@@ -162,11 +169,12 @@ def test_history_window_keeps_steps_most_recent_first_and_pads_with_zeros(cluste
         assert torch.equal(history.rows[:, slot], rows[slot])
     # the row: min log step, crowding, log error / threshold, log correction (0.1 here), rate
     torch.testing.assert_close(rows[0][:, 3], torch.full((4,), math.log(0.1), dtype=torch.float64), atol=1e-12, rtol=0)
-    context = system_context(look(state, CANDIDATES), history)
+    context = system_context(look(state, CANDIDATES), history, log_threshold)
     flags = context[:, CONTEXT_FEATURES::SLOT_FEATURES]
     assert torch.all(flags == 1)
     partly = History(history.rows, torch.tensor([0, 1, 2, 3]))
-    partial = system_context(look(state, CANDIDATES), partly).view(4, -1)[:, CONTEXT_FEATURES:].view(4, length, -1)
+    partial = system_context(look(state, CANDIDATES), partly, log_threshold)
+    partial = partial.view(4, -1)[:, CONTEXT_FEATURES:].view(4, length, -1)
     for system, filled in enumerate([0, 1, 2, 3]):
         assert torch.all(partial[system, filled:] == 0)
         assert torch.all(partial[system, :filled, 0] == 1)

@@ -3,15 +3,18 @@ energy-normalised free-fall step; a soft minimum over the pairs gives the system
 
 For B systems, each with K candidate pairs (:func:`aitimestepper.features.look`):
 
-    log dt = softmin_T over k of [log step_k + g(pair_k, system)] + (1/3) log eps
+    log dt = softmin_T over k of [log step_k + g(pair_k, system)] + min(q, kepler) + (1/3) log eps
 
 with step_k the pair's energy-normalised free-fall step, eps the energy threshold (leapfrog's
-one-step error grows as dt**3) and g a small network shared over pairs (DeepSets): an embedding
-of each pair's features and the system context, the mean of the embeddings over the candidates,
-and a head reading both. T = 1/3 makes the soft minimum add the pairs' errors as dt**3 does. For a
-binary (one pair) this is a network of the pair's state times its energy-normalised free-fall
-step; it reads log(eps / eps_0) (eps_0 the params' ``energy_threshold``) to correct the dt**3 law
-where it is not exact.
+one-step error grows as dt**3), q and kepler the quintic and Kepler steps of the context (logs
+over the smallest step_k eps**(1/3): the network corrects the more cautious of two analytic
+predictions of the step that reaches the gate, whose errors are complementary) and g a small
+network shared over pairs (DeepSets): an embedding of each pair's features and the system
+context, the mean of the embeddings over the candidates, and a head reading both. T = 1/3 makes
+the soft minimum add the pairs' errors as dt**3 does. For a binary (one pair) this is a network of
+the pair's state times the smaller of its quintic and Kepler steps (the latter the greedy oracle's
+step, to the table's precision); it reads log(eps / eps_0) (eps_0 the params' ``energy_threshold``)
+to correct the dt**3 law where it is not exact.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from torch import Tensor, nn
 
 from aitimestepper.config import Params
 from aitimestepper.features import (
+    KEPLER_COLUMN,
     PAIR_FEATURES,
+    QUINTIC_COLUMN,
     ROW_WIDTH,
     PairLook,
     context_dim,
@@ -197,7 +202,10 @@ class LearnedPolicy(TimeStepPolicy):
             log_threshold = energy_threshold.log()
         else:
             log_threshold = looks[0].log_step.new_full((total,), math.log(energy_threshold))
-        contexts = [system_context(seen, history) for seen, history in zip(looks, histories, strict=True)]
+        contexts = [
+            system_context(seen, history, part)
+            for seen, history, part in zip(looks, histories, log_threshold.split(sizes), strict=True)
+        ]
         context = torch.cat([torch.cat(contexts), (log_threshold - math.log(reference)).unsqueeze(1)], dim=1)
         width = max(seen.log_step.shape[1] for seen in looks)
         if len(looks) == 1:
@@ -208,7 +216,8 @@ class LearnedPolicy(TimeStepPolicy):
             mask = log_step.isfinite()
         corrected = log_step + self.network(pair_features, context, mask)
         temperature = self.temperature
-        log_dt = -temperature * torch.logsumexp(-corrected / temperature, dim=1) + log_threshold / 3.0
+        reference = torch.minimum(context[:, QUINTIC_COLUMN], context[:, KEPLER_COLUMN])
+        log_dt = -temperature * torch.logsumexp(-corrected / temperature, dim=1) + reference + log_threshold / 3.0
         return list(log_dt.exp().split(sizes))
 
     def propose(self, state: State, history: History) -> Tensor:

@@ -20,16 +20,20 @@ from aitimestepper.features import (
     CONTEXT_FEATURES,
     CROSSING_BISECTIONS,
     CROSSING_POINTS,
+    KEPLER_COLUMN,
+    KEPLER_SOFTENING,
     LOG_FLOOR,
     LOOK_FEATURES,
     PAIR_FEATURES,
     PERTURBATION_FLOOR,
     QUARTIC_BISECTIONS,
+    QUINTIC_COLUMN,
     RATE_BOUND,
     RATE_STEP_CLIP,
     SLOT_FEATURES,
     TINY,
 )
+from aitimestepper.kernels.kepler import kepler_step
 from aitimestepper.kernels.physics import (
     com_kinetic_and_potential,
     energy_error_rate,
@@ -144,12 +148,13 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
     Args:
         log_threshold: log of the system's threshold.
         history: (H, ROW_WIDTH) float64 past rows, most recent first; ``filled`` of them are real.
-        network: (pair_mean, pair_scale, context_mean, context_scale, weights, layout) arrays.
+        network: (pair_mean, pair_scale, context_mean, context_scale, weights, layout, table)
+            arrays (``table``: :func:`aitimestepper.two_body.error_table`).
         numbers: (candidates, embed_layers, temperature, log_min, log_max, log_reference): the
             most candidate pairs, the embedding layers, the soft minimum's temperature, the
             corrections' clamp and the log of the contract's threshold.
     """
-    pair_mean, pair_scale, context_mean, context_scale, weights, layout = network
+    pair_mean, pair_scale, context_mean, context_scale, weights, layout, table = network
     candidates, embed_layers, temperature, log_min, log_max, log_reference = numbers
     count, dim = positions.shape
     pairs = count * (count - 1) // 2
@@ -198,7 +203,7 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
     context[2] = rate_step
     context[3] = cancellation
     context[LOOK_FEATURES] = quartic
-    context[LOOK_FEATURES + 1] = quintic_step(dimensionless_rate, minimum, history, filled)
+    context[QUINTIC_COLUMN] = quintic_step(dimensionless_rate, minimum, history, filled)
     for slot in range(history.shape[0]):
         valid = 1.0 if slot < filled else 0.0
         start = CONTEXT_FEATURES + SLOT_FEATURES * slot
@@ -208,7 +213,9 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
             context[start + 1 + q] = history[slot, q] * valid
     context[context_width - 1] = log_threshold - log_reference
 
-    inputs = np.empty((keep, PAIR_FEATURES + context_width), dtype=np.float32)
+    features = np.empty((keep, PAIR_FEATURES))
+    kepler = np.empty((keep, 4))
+    own_rate = 0.0
     for k in range(keep):
         i, j = first[chosen[k]], second[chosen[k]]
         square = square_distance(positions, i, j, eps)
@@ -227,23 +234,42 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
         scale = mass / (square * distance)
         mutual_square = 0.0
         residual_square = 0.0
+        pull = 0.0
+        pulling_velocity = 0.0
         for d in range(dim):
             mutual = -scale * (positions[j, d] - positions[i, d])
             mutual_square += mutual * mutual
             residual = (acc[j, d] - acc[i, d]) - mutual
             residual_square += residual * residual
+            pull += (positions[j, d] - positions[i, d]) * mutual
+            pulling_velocity += (velocities[j, d] - velocities[i, d]) * mutual
         perturbation = math.sqrt(residual_square) / max(math.sqrt(mutual_square), TINY)
-        features = (
-            math.log(speed * distance / mass + LOG_FLOOR),
-            radial / max(math.sqrt(bare * speed), TINY),
-            log_steps[chosen[k]] - log_steps[chosen[0]],
-            math.log(product / distance) - log_energy,
-            eps * eps / square,
-            math.log(min(masses[i], masses[j]) / max(masses[i], masses[j])),
-            math.log(perturbation + PERTURBATION_FLOOR),
-        )
+        cos_phi = radial / max(math.sqrt(bare * speed), TINY)
+        features[k, 0] = math.log(speed * distance / mass + LOG_FLOOR)
+        features[k, 1] = cos_phi
+        features[k, 2] = log_steps[chosen[k]] - log_steps[chosen[0]]
+        features[k, 3] = math.log(product / distance) - log_energy
+        features[k, 4] = eps * eps / square
+        features[k, 5] = math.log(min(masses[i], masses[j]) / max(masses[i], masses[j]))
+        features[k, 6] = math.log(perturbation + PERTURBATION_FLOOR)
+        keplerian = features[k, 4] <= KEPLER_SOFTENING
+        if keplerian:
+            alpha = radial / square
+            weight = product / (square * distance)
+            own_rate += (
+                -3.0 * weight * (pulling_velocity - 3.0 * alpha * (pull + speed) + 5.0 * alpha * alpha * alpha * square)
+            )
+        kepler[k, 0] = features[k, 0]
+        kepler[k, 1] = math.acos(min(max(cos_phi, -1.0), 1.0))
+        kepler[k, 2] = 0.5 * math.log(square * distance / mass) - minimum
+        kepler[k, 3] = features[k, 3] if keplerian else -math.inf
+    rest = (signed_rate - own_rate) / (12.0 * system_energy) * math.exp(3.0 * minimum)
+    context[KEPLER_COLUMN] = kepler_step(table, kepler, keep, rest, log_threshold)
+
+    inputs = np.empty((keep, PAIR_FEATURES + context_width), dtype=np.float32)
+    for k in range(keep):
         for f in range(PAIR_FEATURES):
-            inputs[k, f] = _standardized(features[f], pair_mean[f], pair_scale[f])
+            inputs[k, f] = _standardized(features[k, f], pair_mean[f], pair_scale[f])
         for c in range(context_width):
             inputs[k, PAIR_FEATURES + c] = _standardized(context[c], context_mean[c], context_scale[c])
 
@@ -272,5 +298,6 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
     total = 0.0
     for k in range(keep):
         total += math.exp(corrected[k] - top)
-    log_dt = -temperature * (top + math.log(total)) + log_threshold / 3.0
+    reference = min(context[QUINTIC_COLUMN], context[KEPLER_COLUMN])
+    log_dt = -temperature * (top + math.log(total)) + reference + log_threshold / 3.0
     return log_dt, minimum, crowding, dimensionless_rate

@@ -218,7 +218,7 @@ def _normalization_inputs(
         thresholds = draw_thresholds(params, state.batch_size, sampler.generator)
         log_ratio = (thresholds / params.energy_threshold).log().unsqueeze(1)
         pair_features.append(seen.pair_features.flatten(0, 1))
-        contexts.append(torch.cat([system_context(seen, history), log_ratio], dim=1))
+        contexts.append(torch.cat([system_context(seen, history, thresholds.log()), log_ratio], dim=1))
     return torch.cat(pair_features), torch.cat(contexts)
 
 
