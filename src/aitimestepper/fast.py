@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aitimestepper import two_body
 from aitimestepper.physics.state import DTYPE, State
 from aitimestepper.policies import PRS23, EnergyFeedback, EnergyFreeFall, FixedStep, FreeFall, Oracle, TimeStepPolicy
 
 _EMPTY = np.zeros(0)
 #: what the kernel reads of a learned policy, for the other policies (one compiled signature)
-_NO_NETWORK = (_EMPTY, _EMPTY, _EMPTY, _EMPTY, np.zeros(0, dtype=np.float32), np.zeros((0, 3), dtype=np.int64), _EMPTY)
+_NO_NETWORK = (_EMPTY, _EMPTY, _EMPTY, _EMPTY, np.zeros(0, dtype=np.float32), np.zeros((0, 3), dtype=np.int64))
 _NO_NUMBERS = (0, 0, 1.0, 0.0, 0.0, 0.0)
 
 
@@ -39,7 +38,6 @@ _KERNEL_SOURCES = (
     "kernels/rollout.py",
     "features.py",
     "model.py",
-    "two_body.py",
     "rollout.py",
 )
 
@@ -220,7 +218,6 @@ def _kernel_policy(policy: TimeStepPolicy, batch: int, gate: np.ndarray) -> dict
                 *(array.numpy() for array in arrays),
                 np.concatenate(blocks),
                 np.array(layout, dtype=np.int64),
-                two_body.error_table(),
             ),
             "numbers": (
                 int(policy.candidates),

@@ -56,19 +56,21 @@ Per look, over the P = N (N - 1) / 2 pairs i < j (components-first, one pass):
         controller-like runs (0.8 oracle steps): the oracle's step is at least 0.94 of it on 99% of
         binaries' steps (0.88 for the quartic step), 0.75-0.79 on triples (0.62-0.64).
     The Taylor series of the step's error fails where the step is not small against a pair's own
-        time (a light planet's, an eccentric pair's pericentre passage); the *Kepler step* does not.
-        An isolated pair's kick-drift-kick error is a universal function of its state, tabulated
-        once (:mod:`aitimestepper.two_body`); the Kepler step is the first step at which the
-        candidates' tabulated errors, summed with their signs, plus the leading order of what
-        they miss (h**3 / 12 times R less the candidates' own terms of R: the rest of the system's
-        pull on them, the other pairs) reach the threshold (:mod:`aitimestepper.kernels.kepler`;
-        it depends on the threshold itself, not only through dt**3). Measured along runs at 0.85
-        oracle steps (2e-4): the oracle's step is within 0.5% of it on 99% of the steps of
-        binaries, 0.8% on hierarchical triples, 2.6% on planetary systems (the quintic step: 17%,
-        70%, 81%); on triples and clusters, where softened and perturbed pairs leave the two-body
-        picture, the smaller of the quintic and Kepler steps is within 3% (triples) and 30%
-        (clusters) on 99% of the steps, either alone within 13-95%. The policy's step is taken
-        relative to that smaller one.
+        time (a light planet's, an eccentric pair's pericentre passage, a softened core); the
+        *Kepler step* does not. A pair alone is a one-body problem whose kick-drift-kick error at
+        any step is computed exactly from its k, phi and softening (a dozen operations per pair
+        and trial step, :mod:`aitimestepper.kernels.kepler`); the Kepler step is the first step at
+        which the candidates' errors, summed with their signs, plus the leading order of what they
+        miss (h**3 / 12 times R less the candidates' own terms of R: the rest of the system's pull
+        on them, the other pairs) reach the threshold (it depends on the threshold itself, not
+        only through dt**3). Measured along runs at 0.8 oracle steps (2e-4, 150-300 steps per
+        held-out system): the oracle's step is at most 0.2% shorter than it on 99% of the steps
+        of binaries, hierarchical triples and planetary systems, 3.5% on softened triples, 6% and
+        21% on unsoftened triples (2-D, 3-D), 5% on clusters of 4 bodies, 8-17% of 16 and 34-35% of
+        32; its median is the oracle's step to 0.1% on every family, its log spread below 0.01 on
+        the first three families, 0.03-0.1 on triples and clusters. The policy's step is taken
+        relative to it.
+
     History rows (what a :class:`History` keeps of each past state, ``ROW_WIDTH``): its min log
         step, crowding and dimensionless rate u = R s**3 / (12 |E|) (s = exp(min log step)), and
         the outcome of the step taken from it: log(error / threshold) (floored at 1e-4, capped at
@@ -86,13 +88,11 @@ sqrt(mass / length)).
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from aitimestepper import two_body
 from aitimestepper.history import History
 from aitimestepper.kernels import kepler
 from aitimestepper.physics import gravity
@@ -103,11 +103,8 @@ PAIR_FEATURES = 7
 LOOK_FEATURES = 4
 #: ... and of the current state in the network's context: those, the quartic, quintic and Kepler steps
 CONTEXT_FEATURES = LOOK_FEATURES + 3
-#: candidates softened beyond this share of their squared distance (eps**2 / s**2) are left out of
-#: the Kepler step's two-body table (their force is no longer Keplerian) and kept in its rest
-KEPLER_SOFTENING = 0.1
 #: the quintic and Kepler steps' columns in the context (the policy's step is taken relative to
-#: the smaller: their errors are complementary)
+#: the Kepler step)
 QUINTIC_COLUMN, KEPLER_COLUMN = LOOK_FEATURES + 1, LOOK_FEATURES + 2
 #: log(h_1 / min step) is clipped to +-RATE_STEP_CLIP (R vanishes at the apsides of an orbit)
 RATE_STEP_CLIP = kepler.STEP_CLIP  # one clip for every step of the context
@@ -150,8 +147,9 @@ class PairLook:
         pair_features: (B, K, PAIR_FEATURES) float64 per-candidate features.
         context: (B, LOOK_FEATURES) float64 system features of the current state.
         rows: (B, LOOK_ROW) float64 what a :class:`History` keeps of this state (before the step).
-        kepler: (B, K, 4) float64 what the Kepler step reads of each candidate: log k, phi, log
-            tau - min log step, log share (:mod:`aitimestepper.kernels.kepler`).
+        kepler: (B, K, kepler.KEPLER_PAIR) float64 what the Kepler step reads of each candidate: log k,
+            phi, log tau - min log step, log share, eps**2 / s**2
+            (:mod:`aitimestepper.kernels.kepler`).
         kepler_rest: (B,) float64 the leading-order rate the candidates alone miss, (R - sum_k
             R_k) s**3 / (12 |E|) (s = the min step, as the rate u of ``rows``).
     """
@@ -241,11 +239,10 @@ def quintic_step(look_rows: Tensor, history: History) -> Tensor:
 def kepler_step(current: PairLook, log_threshold: Tensor) -> Tensor:
     """(B,) log of the Kepler step over the step unit s threshold**(1/3), in [-RATE_STEP_CLIP,
     RATE_STEP_CLIP], at the (B,) thresholds exp(log_threshold): the first step at which the
-    candidates' own errors, read from the two-body table (:mod:`aitimestepper.two_body`), plus the
-    leading order of what they miss reach the threshold (computed by
-    :func:`aitimestepper.kernels.kepler.kepler_steps`, the compiled policy's own code)."""
+    candidates' own errors, each that of the pair alone, plus the leading order of what they miss
+    reach the threshold (computed by :func:`aitimestepper.kernels.kepler.kepler_steps`, the
+    compiled policy's own code)."""
     steps = kepler.kepler_steps(
-        two_body.error_table(),
         current.kepler.detach().contiguous().numpy(),
         current.kepler_rest.detach().contiguous().numpy(),
         log_threshold.detach().to(current.kepler.dtype).contiguous().numpy(),
@@ -437,17 +434,16 @@ def _look(state: State, candidates: int) -> PairLook:
         -RATE_STEP_CLIP, RATE_STEP_CLIP
     )
     cancellation = (rate / spread.clamp_min(TINY) + CANCELLATION_FLOOR).log()
-    # the candidates the two-body table describes (softened within KEPLER_SOFTENING of their
-    # distance), and what they alone would add to R; the others stay with the leading order
-    keplerian = features[:, :, 4] <= KEPLER_SOFTENING
-    own_rate = torch.where(keplerian, _rate_terms(r, v, mutual, square, product), 0.0).sum(dim=1)
+    # what the candidates alone would add to R: the rest of R stays with the leading order
+    own_rate = _rate_terms(r, v, mutual, square, product).sum(dim=1)
     cube = (_ERROR_ORDER * all_minimum.squeeze(1)).exp()
     kepler = torch.stack(
         [
             features[:, :, 0],
             cos_phi.clamp(-1.0, 1.0).acos(),
             0.5 * (square * distance / gm).log() - all_minimum,
-            torch.where(keplerian, features[:, :, 3], -math.inf),
+            features[:, :, 3],
+            features[:, :, 4],
         ],
         dim=2,
     )

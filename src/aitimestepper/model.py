@@ -3,17 +3,18 @@ energy-normalised free-fall step; a soft minimum over the pairs gives the system
 
 For B systems, each with K candidate pairs (:func:`aitimestepper.features.look`):
 
-    log dt = softmin_T over k of [log step_k + g(pair_k, system)] + min(q, kepler) + (1/3) log eps
+    log dt = softmin_T over k of [log step_k + g(pair_k, system)] + kepler + (1/3) log eps
 
 with step_k the pair's energy-normalised free-fall step, eps the energy threshold (leapfrog's
-one-step error grows as dt**3), q and kepler the quintic and Kepler steps of the context (logs
-over the smallest step_k eps**(1/3): the network corrects the more cautious of two analytic
-predictions of the step that reaches the gate, whose errors are complementary) and g a small
+one-step error grows as dt**3), kepler the Kepler step of the context (log over the smallest
+step_k eps**(1/3): the step at which the candidates' exact two-body errors and the leading order
+of the rest reach the gate; the network corrects it where the rest or the perturbations of the
+candidates matter, reading the quintic step among the context) and g a small
 network shared over pairs (DeepSets): an embedding of each pair's features and the system
 context, the mean of the embeddings over the candidates, and a head reading both. T = 1/3 makes
 the soft minimum add the pairs' errors as dt**3 does. For a binary (one pair) this is a network of
-the pair's state times the smaller of its quintic and Kepler steps (the latter the greedy oracle's
-step, to the table's precision); it reads log(eps / eps_0) (eps_0 the params' ``energy_threshold``)
+the pair's state times its Kepler step (the greedy oracle's step, to the bisections' precision);
+it reads log(eps / eps_0) (eps_0 the params' ``energy_threshold``)
 to correct the dt**3 law where it is not exact.
 """
 
@@ -28,7 +29,6 @@ from aitimestepper.config import Params
 from aitimestepper.features import (
     KEPLER_COLUMN,
     PAIR_FEATURES,
-    QUINTIC_COLUMN,
     ROW_WIDTH,
     PairLook,
     context_dim,
@@ -216,7 +216,7 @@ class LearnedPolicy(TimeStepPolicy):
             mask = log_step.isfinite()
         corrected = log_step + self.network(pair_features, context, mask)
         temperature = self.temperature
-        reference = torch.minimum(context[:, QUINTIC_COLUMN], context[:, KEPLER_COLUMN])
+        reference = context[:, KEPLER_COLUMN]
         log_dt = -temperature * torch.logsumexp(-corrected / temperature, dim=1) + reference + log_threshold / 3.0
         return list(log_dt.exp().split(sizes))
 

@@ -8,9 +8,9 @@ Cost convention (one for every policy): each force evaluation counts one, and so
 pairwise pass a policy makes beyond one look at the state its last force evaluation produced
 (positions, velocities, the accelerations just computed): that look is shared with the step, as
 a compiled code would fuse it with the force loop. Free-fall, energy-normalised free-fall, PRS23
-(jerk and snap from that look) and the learned policy make only that look (its Kepler step reads
-a table of the two-body step error, computed once per process, for its K candidate pairs: no
-trial step of the system and no force evaluation); the oracle pays for every trial step; a gated
+(jerk and snap from that look) and the learned policy make only that look (its Kepler step
+takes trial steps of each of its K candidate pairs alone, O(K) operations per trial, not of the
+system: no pairwise pass and no force evaluation); the oracle pays for every trial step; a gated
 rollout pays for every rejected try. ``pairwise_passes_per_step``
 states it per policy; ``extra_force_evaluations`` is there for a rule that needs more.
 """

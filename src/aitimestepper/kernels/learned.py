@@ -1,5 +1,6 @@
 """The learned policy of one system, compiled: the look of :func:`aitimestepper.features.look` and
-the network of :class:`aitimestepper.model.PairNet`, operation by operation.
+the network of :class:`aitimestepper.model.PairNet`, operation by operation; the context's Kepler
+step is :func:`aitimestepper.kernels.kepler.kepler_step` itself, as on the torch path.
 
 The network's layers arrive as one flat float32 array of weights and a (L, 3) int64 layout
 (inputs, outputs, offset of the row-major weight matrix; its bias follows it): the embedding
@@ -21,7 +22,6 @@ from aitimestepper.features import (
     CROSSING_BISECTIONS,
     CROSSING_POINTS,
     KEPLER_COLUMN,
-    KEPLER_SOFTENING,
     LOG_FLOOR,
     LOOK_FEATURES,
     PAIR_FEATURES,
@@ -33,11 +33,12 @@ from aitimestepper.features import (
     SLOT_FEATURES,
     TINY,
 )
-from aitimestepper.kernels.kepler import kepler_step
+from aitimestepper.kernels.kepler import KEPLER_PAIR, kepler_step
 from aitimestepper.kernels.physics import (
     com_kinetic_and_potential,
     energy_error_rate,
     pair_log_steps,
+    rate_term,
     square_distance,
 )
 from aitimestepper.model import INPUT_CLIP
@@ -148,13 +149,12 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
     Args:
         log_threshold: log of the system's threshold.
         history: (H, ROW_WIDTH) float64 past rows, most recent first; ``filled`` of them are real.
-        network: (pair_mean, pair_scale, context_mean, context_scale, weights, layout, table)
-            arrays (``table``: :func:`aitimestepper.two_body.error_table`).
+        network: (pair_mean, pair_scale, context_mean, context_scale, weights, layout) arrays.
         numbers: (candidates, embed_layers, temperature, log_min, log_max, log_reference): the
             most candidate pairs, the embedding layers, the soft minimum's temperature, the
             corrections' clamp and the log of the contract's threshold.
     """
-    pair_mean, pair_scale, context_mean, context_scale, weights, layout, table = network
+    pair_mean, pair_scale, context_mean, context_scale, weights, layout = network
     candidates, embed_layers, temperature, log_min, log_max, log_reference = numbers
     count, dim = positions.shape
     pairs = count * (count - 1) // 2
@@ -214,7 +214,7 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
     context[context_width - 1] = log_threshold - log_reference
 
     features = np.empty((keep, PAIR_FEATURES))
-    kepler = np.empty((keep, 4))
+    kepler = np.empty((keep, KEPLER_PAIR))
     own_rate = 0.0
     for k in range(keep):
         i, j = first[chosen[k]], second[chosen[k]]
@@ -252,19 +252,14 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
         features[k, 4] = eps * eps / square
         features[k, 5] = math.log(min(masses[i], masses[j]) / max(masses[i], masses[j]))
         features[k, 6] = math.log(perturbation + PERTURBATION_FLOOR)
-        keplerian = features[k, 4] <= KEPLER_SOFTENING
-        if keplerian:
-            alpha = radial / square
-            weight = product / (square * distance)
-            own_rate += (
-                -3.0 * weight * (pulling_velocity - 3.0 * alpha * (pull + speed) + 5.0 * alpha * alpha * alpha * square)
-            )
+        own_rate += rate_term(radial, pull, speed, pulling_velocity, square, product)
         kepler[k, 0] = features[k, 0]
         kepler[k, 1] = math.acos(min(max(cos_phi, -1.0), 1.0))
         kepler[k, 2] = 0.5 * math.log(square * distance / mass) - minimum
-        kepler[k, 3] = features[k, 3] if keplerian else -math.inf
+        kepler[k, 3] = features[k, 3]
+        kepler[k, 4] = features[k, 4]
     rest = (signed_rate - own_rate) / (12.0 * system_energy) * math.exp(3.0 * minimum)
-    context[KEPLER_COLUMN] = kepler_step(table, kepler, keep, rest, log_threshold)
+    context[KEPLER_COLUMN] = kepler_step(kepler, keep, rest, log_threshold)
 
     inputs = np.empty((keep, PAIR_FEATURES + context_width), dtype=np.float32)
     for k in range(keep):
@@ -298,6 +293,6 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
     total = 0.0
     for k in range(keep):
         total += math.exp(corrected[k] - top)
-    reference = min(context[QUINTIC_COLUMN], context[KEPLER_COLUMN])
+    reference = context[KEPLER_COLUMN]
     log_dt = -temperature * (top + math.log(total)) + reference + log_threshold / 3.0
     return log_dt, minimum, crowding, dimensionless_rate

@@ -228,6 +228,16 @@ def prs23(positions, velocities, acc, masses, eps):
 
 
 @njit(cache=True)
+def rate_term(radial, pull, speed, pulling_velocity, square, product):
+    """One pair's term of R (:func:`energy_error_rate`) from its relative r . v, r . a, v . v and
+    v . a, softened squared distance and mass product (a the pair's relative acceleration, the
+    pull on it of the whole system or of the pair alone)."""
+    alpha = radial / square
+    weight = product / (square * math.sqrt(square))
+    return -3.0 * weight * (pulling_velocity - 3.0 * alpha * (pull + speed) + 5.0 * alpha * alpha * alpha * square)
+
+
+@njit(cache=True)
 def energy_error_rate(positions, velocities, acc, masses, eps):
     """R and the sum of its pair terms' magnitudes, R the rate of the leading-order one-step
     energy error dt**3 R / 12 of kick-drift-kick, summed over pairs as
@@ -250,11 +260,7 @@ def energy_error_rate(positions, velocities, acc, masses, eps):
                 pull += r * a
                 speed += v * v
                 pulling_velocity += v * a
-            alpha = radial / square
-            weight = masses[i] * masses[j] / (square * math.sqrt(square))
-            term = (
-                -3.0 * weight * (pulling_velocity - 3.0 * alpha * (pull + speed) + 5.0 * alpha * alpha * alpha * square)
-            )
+            term = rate_term(radial, pull, speed, pulling_velocity, square, masses[i] * masses[j])
             total += term
             spread += abs(term)
     return total, spread
