@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from aitimestepper.physics.state import State
+from aitimestepper.runtime import Runtime
 from aitimestepper.systems.families import plummer_clusters
+
+
+def pytest_configure(config) -> None:
+    """The command line's numerics (and one torch thread) before the first torch operation."""
+    Runtime().apply()
 
 
 @pytest.fixture

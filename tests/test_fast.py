@@ -151,7 +151,7 @@ def learned(batches) -> dict[int, LearnedPolicy]:
     the test's systems (as training does), so float32 rounds inputs of order 1."""
     policies = {}
     for history_len in (0, 2):
-        policy = perturbed_learned_policy(history_len, seed=history_len)
+        policy = perturbed_learned_policy(history_len, seed=10 + history_len)
         looks = [look(group.state, policy.candidates) for group in batches]
         pair_features = torch.cat([seen.pair_features.flatten(0, 1) for seen in looks])
         context = torch.cat([seen.context for seen in looks])
@@ -440,7 +440,7 @@ def test_the_batched_and_per_system_kepler_steps_agree():
     call per system) run the same code: the same bits, on binaries, hierarchical triples,
     planetary systems and clusters, 2-D and 3-D, at thresholds over a decade; most steps are found
     inside the clip."""
-    from aitimestepper.features import kepler_step
+    from aitimestepper.features import CANCELLATION_FLOOR, kepler_step
     from aitimestepper.kernels.kepler import kepler_step as compiled_kepler_step
 
     generator = torch.Generator().manual_seed(13)
@@ -457,7 +457,7 @@ def test_the_batched_and_per_system_kepler_steps_agree():
                 log_threshold = torch.empty(group.state.batch_size, dtype=torch.float64).uniform_(
                     math.log(5e-5), math.log(5e-4), generator=generator
                 )
-                batched = kepler_step(seen, log_threshold)
+                batched, cancellation = kepler_step(seen, log_threshold)
                 keep = seen.kepler.shape[1]
                 single = [
                     compiled_kepler_step(
@@ -465,7 +465,28 @@ def test_the_batched_and_per_system_kepler_steps_agree():
                     )
                     for b in range(group.state.batch_size)
                 ]
-                assert batched.tolist() == single
+                assert batched.tolist() == [step for step, _ in single]
+                assert cancellation.tolist() == [math.log(share + CANCELLATION_FLOOR) for _, share in single]
                 checked += batched.numel()
                 inside += int((batched.abs() < 3.0).sum())
     assert inside > 0.9 * checked
+
+
+@pytest.mark.parametrize("name", ["energy_feedback", "prs23", "learned_h2"])
+def test_the_shadow_oracle_is_the_same_on_both_engines(name, batches, learned):
+    """The oracle searching its step along another policy's path (the evaluation's same-path
+    yardstick): the same sum of dt / its step on both engines, on every family, and the run
+    itself unchanged by it (the oracle's trials touch scratch arrays only)."""
+    for group in batches[:: 2 if name.startswith("learned") else 3]:
+        policy, gated = contender(name, group, learned)
+        options = {"energy_threshold": THRESHOLD, "max_steps": 40, "gated": gated}
+        end = LEARNED_CHAOTIC_DURATION * group.time_scale
+        reference, compiled = both_engines(group.state, policy, end, shadow=Oracle(THRESHOLD), **options)
+        plain = rollout(group.state, policy, end, engine="compiled", **options)
+        assert plain.oracle_steps is None
+        assert torch.equal(plain.final_state.positions, compiled.final_state.positions)
+        rtol = LEARNED_DT_RTOL if name.startswith("learned") else 1e-9
+        torch.testing.assert_close(reference.oracle_steps, compiled.oracle_steps, rtol=rtol, atol=0)
+        assert (compiled.oracle_steps > 0).all()
+        if gated:  # steps that pass the gate stop short of the oracle's edge: the oracle needs fewer
+            assert (compiled.oracle_steps <= compiled.steps).all()

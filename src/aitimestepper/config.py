@@ -20,7 +20,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from aitimestepper.systems.specs import FAMILY_NAMES, MixtureComponent, SuiteEntry
 
-CONTRACT_VERSION = 3
+#: 4: the Kepler step's fine scan and its cancellation in the policy's context (3: a coarse grid)
+CONTRACT_VERSION = 4
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 #: set while :meth:`Params.from_values` validates: no other source is read
 _EXPLICIT: contextvars.ContextVar[bool] = contextvars.ContextVar("explicit_params", default=False)

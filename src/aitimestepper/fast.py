@@ -103,6 +103,7 @@ def fast_rollout(
     max_steps: int,
     step_caps: Tensor | None = None,
     gated: bool = False,
+    shadow: Oracle | None = None,
 ):
     """:func:`aitimestepper.rollout.rollout` in compiled code (no trajectory, no progress calls)."""
     from aitimestepper.rollout import Rollout
@@ -117,7 +118,7 @@ def fast_rollout(
     caps = (step_caps if step_caps is not None else torch.full((batch,), max_steps)).numpy().astype(np.int64)
     spec = _kernel_policy(policy, batch, gate)
     int_stats = np.zeros((batch, 4), dtype=np.int64)
-    float_stats = np.zeros((batch, 7))
+    float_stats = np.zeros((batch, len(kernels.FLOAT_STATS)))
     kernels.rollout_kernel(
         positions,
         velocities,
@@ -138,6 +139,9 @@ def fast_rollout(
         spec.get("history_length", 0),
         spec.get("network", _NO_NETWORK),
         spec.get("numbers", _NO_NUMBERS),
+        shadow.grid.numpy() if shadow is not None else _EMPTY,
+        shadow.bisections if shadow is not None else 0,
+        shadow.energy_threshold if shadow is not None else 1.0,
         int_stats,
         float_stats,
     )
@@ -164,6 +168,7 @@ def fast_rollout(
         dt_max=floats[:, 4].clone(),
         dt_mean=floats[:, 5] / steps.clamp_min(1),
         proposed_dt_min=floats[:, 6].clone(),
+        oracle_steps=floats[:, 7].clone() if shadow is not None else None,
         reached_end=end - final.time <= 1e-12 * end.abs(),
         failed=torch.from_numpy(int_stats[:, 3].copy()).bool(),
         momentum_drift=(final.momentum() - state.momentum()).norm(dim=-1),

@@ -101,11 +101,12 @@ from aitimestepper.physics.state import State
 PAIR_FEATURES = 7
 #: context columns of a look (crowding, virial ratio, leading-order step, cancellation) ...
 LOOK_FEATURES = 4
-#: ... and of the current state in the network's context: those, the quartic, quintic and Kepler steps
-CONTEXT_FEATURES = LOOK_FEATURES + 3
+#: ... and of the current state in the network's context: those, the quartic, quintic and Kepler
+#: steps and the cancellation of the Kepler error at the Kepler step
+CONTEXT_FEATURES = LOOK_FEATURES + 4
 #: the quintic and Kepler steps' columns in the context (the policy's step is taken relative to
-#: the Kepler step)
-QUINTIC_COLUMN, KEPLER_COLUMN = LOOK_FEATURES + 1, LOOK_FEATURES + 2
+#: the Kepler step), and the Kepler cancellation's
+QUINTIC_COLUMN, KEPLER_COLUMN, KEPLER_CANCELLATION_COLUMN = LOOK_FEATURES + 1, LOOK_FEATURES + 2, LOOK_FEATURES + 3
 #: log(h_1 / min step) is clipped to +-RATE_STEP_CLIP (R vanishes at the apsides of an orbit)
 RATE_STEP_CLIP = kepler.STEP_CLIP  # one clip for every step of the context
 CANCELLATION_FLOOR = 1e-8
@@ -179,11 +180,12 @@ def look(state: State, candidates: int) -> PairLook:
 
 
 def system_context(current: PairLook, history: History, log_threshold: Tensor) -> Tensor:
-    """(B, context_dim(H)) the current context, the quartic, quintic and Kepler steps (the last at
-    the (B,) thresholds exp(log_threshold)), and the window of past rows (zero-padded)."""
+    """(B, context_dim(H)) the current context, the quartic, quintic and Kepler steps and the
+    Kepler cancellation (the last two at the (B,) thresholds exp(log_threshold)), and the window of
+    past rows (zero-padded)."""
+    kepler_columns = kepler_step(current, log_threshold)
     steps = torch.stack(
-        [quartic_step(current.rows, history), quintic_step(current.rows, history), kepler_step(current, log_threshold)],
-        dim=1,
+        [quartic_step(current.rows, history), quintic_step(current.rows, history), *kepler_columns], dim=1
     )
     if history.length == 0:
         return torch.cat([current.context, steps], dim=1)
@@ -236,18 +238,19 @@ def quintic_step(look_rows: Tensor, history: History) -> Tensor:
     return _first_crossing(rate, slope / 2.0, curvature / 6.0)
 
 
-def kepler_step(current: PairLook, log_threshold: Tensor) -> Tensor:
+def kepler_step(current: PairLook, log_threshold: Tensor) -> tuple[Tensor, Tensor]:
     """(B,) log of the Kepler step over the step unit s threshold**(1/3), in [-RATE_STEP_CLIP,
     RATE_STEP_CLIP], at the (B,) thresholds exp(log_threshold): the first step at which the
     candidates' own errors, each that of the pair alone, plus the leading order of what they miss
-    reach the threshold (computed by :func:`aitimestepper.kernels.kepler.kepler_steps`, the
-    compiled policy's own code)."""
-    steps = kepler.kepler_steps(
+    reach the threshold; and (B,) log(its cancellation + CANCELLATION_FLOOR), how much of the sum
+    of its terms' magnitudes survives in the error there (computed by
+    :func:`aitimestepper.kernels.kepler.kepler_steps`, the compiled policy's own code)."""
+    steps, cancellations = kepler.kepler_steps(
         current.kepler.detach().contiguous().numpy(),
         current.kepler_rest.detach().contiguous().numpy(),
         log_threshold.detach().to(current.kepler.dtype).contiguous().numpy(),
     )
-    return torch.from_numpy(steps)
+    return torch.from_numpy(steps), (torch.from_numpy(cancellations) + CANCELLATION_FLOOR).log()
 
 
 def _crossing_grid(dtype: torch.dtype) -> Tensor:

@@ -108,9 +108,10 @@ _COST_RANGE = (0.9, 4.0)
 
 
 def cost_vs_accuracy(report: dict, path: Path) -> None:
-    """One panel per family: every policy's median cost relative to the oracle (x) against its
-    worst single-step error over the threshold (y), one marker shape per threshold; the gate
-    (y = 1) dashed. A shared legend names the policies."""
+    """One panel per family: every policy's median cost relative to the oracle along its own paths
+    (x, ``median_ratio_to_oracle_same_path``) against its worst single-step error over the
+    threshold (y), one marker shape per threshold; the gate (y = 1) dashed. A shared legend names
+    the policies."""
     levels = list(report["thresholds"])
     names = list(report["thresholds"][levels[0]]["families"])
     columns = min(3, len(names))
@@ -123,7 +124,7 @@ def cost_vs_accuracy(report: dict, path: Path) -> None:
             if data is None:
                 continue
             for policy, values in data["summary"].items():
-                cost = values["median_ratio_to_oracle"]
+                cost = values["median_ratio_to_oracle_same_path"]
                 error = min(max(values["max_step_error_over_threshold"], 0.05), 50.0)
                 shown = min(cost, _COST_RANGE[1])
                 axis.scatter([shown], [error], s=40, marker=marker, color=_POLICY_COLOURS.get(policy), zorder=3)
@@ -140,7 +141,7 @@ def cost_vs_accuracy(report: dict, path: Path) -> None:
         axis.set_xticks([], minor=True)
         best = report["thresholds"][levels[0]]["families"][name]["best_classical"]
         axis.set_title(f"{name} (best classical: {_POLICY_LABELS.get(best, best)})", fontsize=9)
-        axis.set_xlabel("force evaluations / oracle's steps (median over systems)", fontsize=8)
+        axis.set_xlabel("force evaluations / oracle's steps along the same path (median)", fontsize=8)
         axis.set_ylabel("largest single-step error / threshold", fontsize=8)
         axis.grid(alpha=0.3, which="both")
     for axis in list(axes.flat)[len(names) :]:

@@ -22,7 +22,9 @@ class SimulationModel(PythonModel):
 
     def load_context(self, context) -> None:
         from aitimestepper.checkpoint import load_policy
+        from aitimestepper.runtime import Runtime
 
+        Runtime().apply()  # the command line's numerics and threads, in the serving process too
         self.policy = load_policy(Path(context.artifacts[CHECKPOINT_ARTIFACT]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from torch import Tensor
 from aitimestepper import fast
 from aitimestepper.physics.integrator import leapfrog_step, relative_energy_error
 from aitimestepper.physics.state import State
-from aitimestepper.policies import TimeStepPolicy
+from aitimestepper.policies import Oracle, TimeStepPolicy
 
 #: relative distance to the end time below which a system counts as arrived (round-off)
 END_TOLERANCE = 1e-12
@@ -52,6 +52,8 @@ class Rollout:
         momentum_drift: |P(t_end) - P0| (momentum units).
         angular_momentum_drift: |L(t_end) - L0|.
         trajectory: per-step records when asked for, else None.
+        oracle_steps: with a shadow oracle, the steps it would take over the same path: the sum
+            over accepted steps of dt / (its step at the state the step starts from); else None.
     """
 
     final_state: State
@@ -70,6 +72,7 @@ class Rollout:
     momentum_drift: Tensor
     angular_momentum_drift: Tensor
     trajectory: Trajectory | None = None
+    oracle_steps: Tensor | None = None
 
 
 #: gated mode: factor applied to a rejected step before it is tried again
@@ -90,6 +93,7 @@ def rollout(
     record: bool = False,
     progress=None,
     engine: str = "auto",
+    shadow: Oracle | None = None,
 ) -> Rollout:
     """Integrate every system with ``policy`` until its time reaches ``end_time``.
 
@@ -113,6 +117,11 @@ def rollout(
         engine: ``torch`` (the reference), ``compiled`` (:mod:`aitimestepper.fast`), or ``auto``:
             compiled whenever no trajectory is recorded and :func:`aitimestepper.fast.prefers` it
             (the policy has a compiled twin, faster for this batch).
+        shadow: a greedy oracle that searches its step at every state the run passes through,
+            without taking it (its trial steps are not counted as the run's force evaluations):
+            ``Rollout.oracle_steps`` is then the oracle's cost over the same path. On chaotic
+            systems two policies' runs part after a few close encounters; their costs compared
+            each against the oracle on its own path are not.
     """
     if engine not in ("auto", "torch", "compiled"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'compiled', got {engine!r}")
@@ -125,6 +134,7 @@ def rollout(
             max_steps=max_steps,
             step_caps=step_caps,
             gated=gated,
+            shadow=shadow,
         )
         if progress is not None:
             progress(int(result.steps.max()))
@@ -140,6 +150,7 @@ def rollout(
     max_error, max_step_error = zeros.clone(), zeros.clone()
     dt_min, dt_max, dt_sum = torch.full_like(zeros, float("inf")), zeros.clone(), zeros.clone()
     proposed_min = torch.full_like(zeros, float("inf"))
+    oracle_steps = zeros.clone()
     energy = initial_energy
     records = _Recorder(state) if record else None
     policy.start(state)
@@ -152,6 +163,7 @@ def rollout(
                 break
             proposed, seen = policy.propose_with_look(state, history)
             proposed_min = torch.where(active, torch.minimum(proposed_min, proposed), proposed_min)
+            reference = shadow.propose(state, history) if shadow is not None else None
             dt = torch.where(active, torch.minimum(proposed, end_time - state.time), zeros)
             candidate, new_energy, step_error = _try_step(state, dt, energy)
             force_evaluations += active * (1 + policy.extra_force_evaluations)
@@ -175,6 +187,8 @@ def rollout(
             dt_min = torch.where(moved, torch.minimum(dt_min, dt), dt_min)
             dt_max = torch.where(moved, torch.maximum(dt_max, dt), dt_max)
             dt_sum = dt_sum + taken
+            if reference is not None:
+                oracle_steps = oracle_steps + taken / reference
             if records is not None:
                 records.add(state, taken, relative_energy_error(initial_energy, energy))
             if progress is not None:
@@ -196,6 +210,7 @@ def rollout(
         momentum_drift=(state.momentum() - initial_momentum).norm(dim=-1),
         angular_momentum_drift=(state.angular_momentum() - initial_angular).reshape(state.batch_size, -1).norm(dim=-1),
         trajectory=records.result() if records is not None else None,
+        oracle_steps=oracle_steps if shadow is not None else None,
     )
 
 

@@ -39,6 +39,8 @@ from aitimestepper.policies import (
 
 #: a policy whose steps pass this often on a family meets the accuracy bar there
 PASS_TARGET = 0.999
+#: policies whose runs the oracle does not shadow (see :func:`family_report`)
+UNSHADOWED = ("fixed", "oracle")
 CLASSICAL = ("fixed", "free_fall", "energy_free_fall", "prs23", "energy_feedback")
 COST_CONVENTION = (
     "force evaluations per time scale: every force evaluation counts one, rejected tries of gated runs included; "
@@ -64,14 +66,20 @@ def contenders(learned: LearnedPolicy, threshold: float, tuned: dict[str, float]
 
 
 def evaluate_family(params: Params, source: str, family: Family, threshold: float) -> dict[str, Any]:
-    """Tune the classical rules for ``family``, run every policy on it, summarise."""
+    """Tune the classical rules for ``family``, run every policy on it (the oracle shadowing every
+    run but its own and fixed dt's), summarise."""
     learned = _load_learned(source)
     tuned = tuned_values(params, tuning_family(params, family), threshold)
     results: dict[str, list[dict[str, Any]]] = {}
     passes: dict[str, int] = {}
     for name, (policy, gated) in contenders(learned, threshold, tuned).items():
         results[name] = run_family(
-            family, policy, energy_threshold=threshold, gated=gated, max_steps=params.simulation.max_steps
+            family,
+            policy,
+            energy_threshold=threshold,
+            gated=gated,
+            max_steps=params.simulation.max_steps,
+            shadowed=name not in UNSHADOWED,
         )
         passes[name] = pairwise_passes_per_step(policy)
     return {**family_report(results), "tuned": tuned, "pairwise_passes_per_step": passes}
@@ -99,23 +107,42 @@ def scale_transfer(params: Params, source: str, family: Family, threshold: float
 
 
 def family_report(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Per-system rows with their ratios, per-policy summaries and the best classical policy."""
+    """Per-system rows with their ratios, per-policy summaries and the best classical policy.
+
+    Two yardsticks per system: ``ratio_to_oracle``, the policy's force evaluations over the
+    oracle's steps on the oracle's own run, and ``ratio_to_oracle_same_path``, over the oracle's
+    steps along the policy's own path (shadowed runs; the oracle's own run and fixed dt, whose
+    cost is time_scale / dt on any path, take the first). On chaotic families (democratic triples,
+    clusters) two runs part after a few crossing times and their costs differ by the encounters
+    each happens to meet (measured: one policy at 0.4x to 2.2x the oracle over the systems of one
+    family, the same policy at 1.05-1.15x along its own paths); the same-path ratio has no such
+    noise: the best classical policy (the cheapest passing at least ``PASS_TARGET`` of its steps;
+    the gated controller, which always passes, if none does) and the targets read it.
+    ``ratio_to_best_classical(_same_path)`` divides by the best classical policy's the same way.
+    """
     oracle = results["oracle"]
-    summary = {}
-    for name, rows in results.items():
+    for rows in results.values():
         for row, reference in zip(rows, oracle, strict=True):
             row["ratio_to_oracle"] = row["force_evaluations_per_time_scale"] / reference["steps_per_time_scale"]
-        summary[name] = _policy_summary(rows)
-    qualified = [name for name in CLASSICAL if summary[name]["gate_pass_rate"] >= PASS_TARGET]
-    best = min(qualified or ["energy_feedback"], key=lambda name: summary[name]["median_ratio_to_oracle"])
+            shadow = row.get("oracle_steps_same_path_per_time_scale")
+            row["ratio_to_oracle_same_path"] = (
+                row["ratio_to_oracle"] if shadow is None else row["force_evaluations_per_time_scale"] / shadow
+            )
+    qualified = [name for name in CLASSICAL if _pass_rate(results[name]) >= PASS_TARGET]
+    best = min(
+        qualified or ["energy_feedback"],
+        key=lambda name: statistics.median(row["ratio_to_oracle_same_path"] for row in results[name]),
+    )
+    summary = {}
     for name, rows in results.items():
-        ratios = [
-            row["force_evaluations_per_time_scale"] / reference["force_evaluations_per_time_scale"]
-            for row, reference in zip(rows, results[best], strict=True)
-        ]
-        summary[name]["median_ratio_to_best_classical"] = statistics.median(ratios)
-        for row, ratio in zip(rows, ratios, strict=True):
-            row["ratio_to_best_classical"] = ratio
+        for row, reference in zip(rows, results[best], strict=True):
+            row["ratio_to_best_classical"] = (
+                row["force_evaluations_per_time_scale"] / reference["force_evaluations_per_time_scale"]
+            )
+            row["ratio_to_best_classical_same_path"] = (
+                row["ratio_to_oracle_same_path"] / reference["ratio_to_oracle_same_path"]
+            )
+        summary[name] = _policy_summary(rows)
     systems = [
         {
             **{k: v for k, v in oracle[k].items() if k not in _PER_POLICY},
@@ -137,8 +164,11 @@ _PER_POLICY = (
     "final_energy_error",
     "reached_end",
     "failed",
+    "oracle_steps_same_path_per_time_scale",
     "ratio_to_oracle",
+    "ratio_to_oracle_same_path",
     "ratio_to_best_classical",
+    "ratio_to_best_classical_same_path",
 )
 
 
@@ -146,11 +176,16 @@ def _own(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in _PER_POLICY if k in row}
 
 
-def _policy_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+def _pass_rate(rows: list[dict[str, Any]]) -> float:
+    """Passed steps over all steps of ``rows``."""
     steps = [row["steps_per_time_scale"] * row["time_scales_simulated"] for row in rows]
     passed = sum(row["gate_pass_rate"] * s for row, s in zip(rows, steps, strict=True))
+    return passed / max(sum(steps), 1.0)
+
+
+def _policy_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {
-        "gate_pass_rate": passed / max(sum(steps), 1.0),
+        "gate_pass_rate": _pass_rate(rows),
         "worst_system_pass_rate": min(row["gate_pass_rate"] for row in rows),
         "max_step_error_over_threshold": max(row["max_step_error_over_threshold"] for row in rows),
         "median_force_evaluations_per_time_scale": statistics.median(
@@ -159,6 +194,12 @@ def _policy_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
         "median_evaluations_per_time_scale": statistics.median(row["evaluations_per_time_scale"] for row in rows),
         "median_ratio_to_oracle": statistics.median(row["ratio_to_oracle"] for row in rows),
         "max_ratio_to_oracle": max(row["ratio_to_oracle"] for row in rows),
+        "median_ratio_to_best_classical": statistics.median(row["ratio_to_best_classical"] for row in rows),
+        "median_ratio_to_oracle_same_path": statistics.median(row["ratio_to_oracle_same_path"] for row in rows),
+        "max_ratio_to_oracle_same_path": max(row["ratio_to_oracle_same_path"] for row in rows),
+        "median_ratio_to_best_classical_same_path": statistics.median(
+            row["ratio_to_best_classical_same_path"] for row in rows
+        ),
         "max_energy_error": max(row["max_energy_error"] for row in rows),
         "median_final_energy_error": statistics.median(row["final_energy_error"] for row in rows),
         "all_reached_end": float(all(row["reached_end"] for row in rows)),
@@ -167,20 +208,20 @@ def _policy_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def targets(family_name: str, report: dict[str, Any]) -> dict[str, Any]:
-    """The few-body issue's acceptance checks for the learned policy on one family."""
+    """The few-body issue's acceptance checks for the learned policy on one family; costs are
+    compared on the same paths (``ratio_to_oracle_same_path``, see :func:`family_report`)."""
     summary = report["summary"]
     learned, gated = summary["learned"], summary["learned_gated"]
-    best_to_oracle = summary[report["best_classical"]]["median_ratio_to_oracle"]
-    smooth = best_to_oracle <= 1.17
-    cost_ok = learned["median_ratio_to_best_classical"] <= 0.9 or (smooth and learned["median_ratio_to_oracle"] <= 1.05)
+    to_oracle = learned["median_ratio_to_oracle_same_path"]
+    smooth = summary[report["best_classical"]]["median_ratio_to_oracle_same_path"] <= 1.17
+    cost_ok = learned["median_ratio_to_best_classical_same_path"] <= 0.9 or (smooth and to_oracle <= 1.05)
     checks = {
         "pass_rate": learned["gate_pass_rate"] >= PASS_TARGET,
         "worst_system_pass_rate": learned["worst_system_pass_rate"] >= 0.99,
         "max_step_error": learned["max_step_error_over_threshold"] <= 2.0,
         "cost_vs_best_classical": cost_ok,
-        "cost_vs_oracle": learned["median_ratio_to_oracle"] <= (1.15 if family_name.startswith("binar") else 1.3),
-        "gated_cost": gated["median_force_evaluations_per_time_scale"]
-        <= 1.05 * learned["median_force_evaluations_per_time_scale"],
+        "cost_vs_oracle": to_oracle <= (1.15 if family_name.startswith("binar") else 1.3),
+        "gated_cost": gated["median_ratio_to_oracle_same_path"] <= 1.05 * to_oracle,
     }
     return {**checks, "all": all(checks.values()), "best_classical_within_1.17_of_oracle": smooth}
 
@@ -224,32 +265,38 @@ def evaluate(params: Params, source: str, progress: Callable[[str], None] | None
 
 
 def summary_table(report: dict[str, Any]) -> dict[str, Any]:
-    """Per threshold and family: median ratio to the oracle of every policy, the learned policy's
-    median ratio to the best classical one, its pass rate and whether every target holds."""
+    """Per threshold and family: median ratio to the oracle of every policy (on separate runs),
+    the learned policy's and the best classical policy's on their own paths, the learned policy's
+    median ratio to the best classical one (same paths), its pass rate and whether every target
+    holds."""
     table = {}
     for level, per_threshold in report["thresholds"].items():
-        table[level] = {
-            name: {
-                **{policy: round(values["median_ratio_to_oracle"], 4) for policy, values in data["summary"].items()},
-                "best_classical": data["best_classical"],
-                "learned_to_best_classical": round(data["summary"]["learned"]["median_ratio_to_best_classical"], 4),
-                "learned_pass_rate": round(data["summary"]["learned"]["gate_pass_rate"], 6),
+        table[level] = {}
+        for name, data in per_threshold["families"].items():
+            summary, best = data["summary"], data["best_classical"]
+            table[level][name] = {
+                **{policy: round(values["median_ratio_to_oracle"], 4) for policy, values in summary.items()},
+                "best_classical": best,
+                "learned_same_path": round(summary["learned"]["median_ratio_to_oracle_same_path"], 4),
+                "best_classical_same_path": round(summary[best]["median_ratio_to_oracle_same_path"], 4),
+                "learned_to_best_classical": round(summary["learned"]["median_ratio_to_best_classical_same_path"], 4),
+                "learned_pass_rate": round(summary["learned"]["gate_pass_rate"], 6),
                 "targets_met": data["targets"]["all"],
             }
-            for name, data in per_threshold["families"].items()
-        }
     return table
 
 
 def headline(report: dict[str, Any]) -> dict[str, float]:
     """The numbers that decide promotion, at the trained threshold: the worst family's pass rate
     of the learned (ungated) policy and the geometric mean over families of its median cost
-    relative to the oracle."""
+    relative to the oracle along its own path."""
     families = report["thresholds"][f"{report['trained_threshold']:g}"]["families"].values()
     learned = [data["summary"]["learned"] for data in families]
     return {
         "worst_family_pass_rate": min(values["gate_pass_rate"] for values in learned),
-        "cost_ratio_to_oracle": math.exp(statistics.fmean(math.log(v["median_ratio_to_oracle"]) for v in learned)),
+        "cost_ratio_to_oracle": math.exp(
+            statistics.fmean(math.log(v["median_ratio_to_oracle_same_path"]) for v in learned)
+        ),
     }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from aitimestepper.evaluation.suite import Family
-from aitimestepper.policies import FixedStep, TimeStepPolicy, pairwise_passes_per_step
+from aitimestepper.policies import FixedStep, Oracle, TimeStepPolicy, pairwise_passes_per_step
 from aitimestepper.rollout import rollout
 
 #: the fixed-dt rule needs ~1e5 steps per orbit on eccentric systems; its pass rate is measured
@@ -23,6 +23,7 @@ def run_family(
     gated: bool,
     max_steps: int,
     duration: float | None = None,
+    shadowed: bool = False,
 ) -> list[dict[str, Any]]:
     """Integrate every system of ``family`` with ``policy`` for ``duration`` time scales (default
     the family's) and describe each run.
@@ -34,7 +35,9 @@ def run_family(
         (every trial step of the oracle too), ``time_scales_simulated``, ``gate_pass_rate``,
         ``max_step_error_over_threshold``, ``max_energy_error``, ``final_energy_error``,
         ``reached_end``, ``failed``. A fixed step's cost per time scale is time_scale / dt, exact
-        even when its run is cut short at ``FIXED_MAX_STEPS``.
+        even when its run is cut short at ``FIXED_MAX_STEPS``. ``shadowed``: the greedy oracle
+        also searches its step at every state of the run (see :func:`aitimestepper.rollout.rollout`),
+        adding ``oracle_steps_same_path_per_time_scale``, its cost over the same path.
     """
     duration = family.duration if duration is None else duration
     fixed = isinstance(policy, FixedStep)
@@ -48,6 +51,7 @@ def run_family(
             energy_threshold=energy_threshold,
             max_steps=min(max_steps, FIXED_MAX_STEPS) if fixed else max_steps,
             gated=gated,
+            shadow=Oracle(energy_threshold) if shadowed else None,
         )
         elapsed = (result.final_state.time / group.time_scale).clamp_min(torch.finfo(torch.float64).tiny)
         steps = result.steps.double()
@@ -69,6 +73,8 @@ def run_family(
             "reached_end": result.reached_end,
             "failed": result.failed,
         }
+        if result.oracle_steps is not None:
+            columns["oracle_steps_same_path_per_time_scale"] = result.oracle_steps / elapsed
         for k in range(group.state.batch_size):
             rows.append(
                 {

@@ -22,11 +22,21 @@ from numba import njit
 
 #: the Kepler step is searched in log x over +-STEP_CLIP step units (as the other steps are clipped)
 STEP_CLIP = 3.0
-#: its first crossing: a grid of log x over +-STEP_CLIP, then bisections
+#: its first crossing: a coarse grid of log x over +-STEP_CLIP up to the first point whose error
+#: reaches NEAR_LEVEL of the threshold, then a fine scan (FINE_SPLIT points per coarse interval) from
+#: the point before up to the first that reaches the threshold, then bisections. The error of a step
+#: is not monotonic in it where a pair's step is not small against its own time (a light planet's
+#: error changes sign, a pair's error with the opposite sign cancels it): measured on a 3-D
+#: two-planet system, the error rose to 1.17 thresholds at 1.1 oracle steps, fell to 0.15 at 1.33
+#: and crossed again at 1.37; the coarse grid alone stepped over the bump (a step of 1.37 oracle
+#: steps, which failed the gate).
 KEPLER_POINTS = 25
-KEPLER_BISECTIONS = 12
+NEAR_LEVEL = 0.25
+FINE_SPLIT = 8
+KEPLER_BISECTIONS = 10
 #: what a pair's row holds: log k, phi, log tau - min log step, log share, sigma
 KEPLER_PAIR = 5
+TINY = 2.2250738585072014e-308
 
 
 @njit(cache=True)
@@ -56,42 +66,87 @@ def pair_error(log_k, phi, softening, log_x):
 
 
 @njit(cache=True)
-def _reaches(pairs, keep, offsets, shares, rest, threshold, x):
-    """The Kepler error of a step of exp(x) step units reaches the threshold: the candidates' own
-    errors, share * f, plus the leading order of the rest, x**3 threshold * rest."""
-    total = 0.0
+def _terms(pairs, keep, offsets, shares, rest, threshold, x):
+    """The Kepler error of a step of exp(x) step units over the threshold, signed, and the sum of
+    its terms' magnitudes: the candidates' own errors, share * f, and the leading order of the
+    rest, x**3 threshold * rest."""
+    leftover = math.exp(3.0 * x) * threshold * rest
+    total = leftover
+    magnitude = abs(leftover)
     for k in range(keep):
-        total += shares[k] * pair_error(pairs[k, 0], pairs[k, 1], pairs[k, 4], x + offsets[k])
-    return abs(total + math.exp(3.0 * x) * threshold * rest) >= threshold
+        term = shares[k] * pair_error(pairs[k, 0], pairs[k, 1], pairs[k, 4], x + offsets[k])
+        total += term
+        magnitude += abs(term)
+    return total / threshold, magnitude / threshold
 
 
 @njit(cache=True)
-def kepler_step(pairs, keep, rest, log_threshold):
-    """log x of the first step (in step units s threshold**(1/3)) whose Kepler error reaches the
-    threshold, in [-STEP_CLIP, STEP_CLIP]: the first point of the grid that reaches it, refined by
-    bisection against the one before; -clip if the first point reaches it, +clip if none does.
+def _error_over_threshold(pairs, keep, offsets, shares, rest, threshold, x):
+    """|The Kepler error| of a step of exp(x) step units over the threshold."""
+    return abs(_terms(pairs, keep, offsets, shares, rest, threshold, x)[0])
 
-    Args:
-        pairs: (K, KEPLER_PAIR) float64 rows of the candidates, the first ``keep`` real.
-        rest: (R - sum of the candidates' own R) s**3 / (12 |E|).
-        log_threshold: log of the system's threshold.
-    """
+
+@njit(cache=True)
+def _scaled(pairs, keep, log_threshold):
+    """Each candidate's share of |E| and the offset of its own step unit (log)."""
     shares = np.empty(keep)
     offsets = np.empty(keep)
     for k in range(keep):
         shares[k] = math.exp(pairs[k, 3])
         offsets[k] = log_threshold / 3.0 - pairs[k, 2]
+    return shares, offsets
+
+
+@njit(cache=True)
+def kepler_step(pairs, keep, rest, log_threshold):
+    """log x of the first step (in step units s threshold**(1/3)) whose Kepler error reaches the
+    threshold, in [-STEP_CLIP, STEP_CLIP]: coarse grid, fine scan and bisection (see
+    ``KEPLER_POINTS``); -clip if the first point reaches it, +clip if none does; and the
+    *cancellation* there: |the Kepler error| over the sum of its terms' magnitudes, in [0, 1].
+
+    The pairs alone miss the terms of the error in which two pairs sharing a body act together
+    (beyond the leading order, which ``rest`` keeps). Where the candidates' errors are large and
+    cancel, those terms decide: measured along learned runs on Plummer clusters (2e-4, 640
+    steps), the Kepler step overshot the oracle's by a factor 1.75 at the 99th percentile (2.1
+    at most) where less than 0.2 of its terms' sum survived the cancellation, by at most 1.11
+    where more than half did (63% of the steps).
+
+    Args:
+        pairs: (K, KEPLER_PAIR) float64 rows of the candidates, the first ``keep`` real.
+        rest: (R - sum of the candidates' own R) s**3 / (12 |E|).
+        log_threshold: log of the system's threshold.
+
+    Returns:
+        (log x, cancellation) floats.
+    """
+    shares, offsets = _scaled(pairs, keep, log_threshold)
     threshold = math.exp(log_threshold)
+    step = _first_crossing(pairs, keep, offsets, shares, rest, threshold)
+    total, magnitude = _terms(pairs, keep, offsets, shares, rest, threshold, step)
+    return step, min(abs(total) / max(magnitude, TINY), 1.0)
+
+
+@njit(cache=True)
+def _first_crossing(pairs, keep, offsets, shares, rest, threshold):
     spacing = 2.0 * STEP_CLIP / (KEPLER_POINTS - 1)
+    start = STEP_CLIP  # no point comes near the threshold: no crossing
     for g in range(KEPLER_POINTS):
-        hi = -STEP_CLIP + g * spacing
-        if _reaches(pairs, keep, offsets, shares, rest, threshold, hi):
-            if g == 0:
+        x = -STEP_CLIP + g * spacing
+        ratio = _error_over_threshold(pairs, keep, offsets, shares, rest, threshold, x)
+        if ratio >= NEAR_LEVEL:
+            if g == 0 and ratio >= 1.0:
                 return -STEP_CLIP
-            lo = -STEP_CLIP + (g - 1) * spacing
+            start = x - spacing if g > 0 else x
+            break
+    fine = spacing / FINE_SPLIT
+    steps = int(round((STEP_CLIP - start) / fine))
+    for q in range(1, steps + 1):
+        hi = start + q * fine
+        if _error_over_threshold(pairs, keep, offsets, shares, rest, threshold, hi) >= 1.0:
+            lo = hi - fine
             for _ in range(KEPLER_BISECTIONS):
                 middle = 0.5 * (lo + hi)
-                if _reaches(pairs, keep, offsets, shares, rest, threshold, middle):
+                if _error_over_threshold(pairs, keep, offsets, shares, rest, threshold, middle) >= 1.0:
                     hi = middle
                 else:
                     lo = middle
@@ -102,8 +157,9 @@ def kepler_step(pairs, keep, rest, log_threshold):
 @njit(cache=True)
 def kepler_steps(pairs, rest, log_threshold):
     """:func:`kepler_step` of B systems: (B, K, KEPLER_PAIR) rows, (B,) rests and log thresholds
-    -> (B,) float64 (every candidate real)."""
-    out = np.empty(pairs.shape[0])
+    -> (B,) float64 steps and (B,) cancellations (every candidate real)."""
+    steps = np.empty(pairs.shape[0])
+    cancellations = np.empty(pairs.shape[0])
     for b in range(pairs.shape[0]):
-        out[b] = kepler_step(pairs[b], pairs.shape[1], rest[b], log_threshold[b])
-    return out
+        steps[b], cancellations[b] = kepler_step(pairs[b], pairs.shape[1], rest[b], log_threshold[b])
+    return steps, cancellations

@@ -21,6 +21,7 @@ from aitimestepper.features import (
     CONTEXT_FEATURES,
     CROSSING_BISECTIONS,
     CROSSING_POINTS,
+    KEPLER_CANCELLATION_COLUMN,
     KEPLER_COLUMN,
     LOG_FLOOR,
     LOOK_FEATURES,
@@ -259,7 +260,9 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
         kepler[k, 3] = features[k, 3]
         kepler[k, 4] = features[k, 4]
     rest = (signed_rate - own_rate) / (12.0 * system_energy) * math.exp(3.0 * minimum)
-    context[KEPLER_COLUMN] = kepler_step(kepler, keep, rest, log_threshold)
+    step, kepler_cancellation = kepler_step(kepler, keep, rest, log_threshold)
+    context[KEPLER_COLUMN] = step
+    context[KEPLER_CANCELLATION_COLUMN] = math.log(kepler_cancellation + CANCELLATION_FLOOR)
 
     inputs = np.empty((keep, PAIR_FEATURES + context_width), dtype=np.float32)
     for k in range(keep):

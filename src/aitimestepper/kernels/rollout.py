@@ -30,7 +30,9 @@ from aitimestepper.rollout import END_TOLERANCE, GATE_MAX_REJECTIONS, GATE_SHRIN
 KINDS = {"fixed": 0, "free_fall": 1, "energy_free_fall": 2, "prs23": 3, "energy_feedback": 4, "oracle": 5, "learned": 6}
 #: columns of the per-system statistics: steps, force evaluations, passed steps (int64) ...
 INT_STATS = ("steps", "force_evaluations", "steps_passed", "failed")
-#: ... and max |E - E0| / |E0|, final one, max step error, dt min / max / sum, smallest proposal (float64)
+#: ... and max |E - E0| / |E0|, final one, max step error, dt min / max / sum, smallest proposal, and
+#: the greedy oracle's steps over the same path (sum of dt / the oracle's step at each state; 0
+#: unless asked for) (float64)
 FLOAT_STATS = (
     "max_energy_error",
     "final_energy_error",
@@ -39,6 +41,7 @@ FLOAT_STATS = (
     "dt_max",
     "dt_sum",
     "proposed_dt_min",
+    "oracle_steps",
 )
 
 
@@ -91,13 +94,19 @@ def rollout_kernel(
     history_length,
     network,
     numbers,
+    shadow_grid,
+    shadow_bisections,
+    shadow_threshold,
     int_stats,
     float_stats,
 ):
     """Integrate every system b until ``end_time[b]``, in place in the state arrays (B, N, D)
     and ``times`` (B,), gated against ``threshold[b]``, the policy aimed at ``aim[b]``;
-    per-system statistics go to ``int_stats`` (B, 4) and ``float_stats`` (B, 7). ``network`` and
-    ``numbers``: the learned policy (see :func:`aitimestepper.kernels.learned.look_and_step`)."""
+    per-system statistics go to ``int_stats`` (B, 4) and ``float_stats`` (B, 8). ``network`` and
+    ``numbers``: the learned policy (see :func:`aitimestepper.kernels.learned.look_and_step`).
+    With a non-empty ``shadow_grid``, a greedy oracle (that grid, ``shadow_bisections``, aimed at
+    ``shadow_threshold``) also searches its step at every state the run passes through, without
+    taking it: its steps over the same path are summed as dt / its step."""
     batch, count, dim = positions.shape
     for b in prange(batch):
         x, v, a = positions[b], velocities[b], accelerations[b]
@@ -112,6 +121,8 @@ def rollout_kernel(
         failed = False
         max_error = max_step = dt_max = dt_sum = 0.0
         dt_min = smallest = math.inf
+        oracle_steps = 0.0
+        shadowed = shadow_grid.shape[0] > 0
         next_dt = -1.0
         log_threshold = math.log(target)
         cap = min(caps[b], max_steps)
@@ -139,6 +150,9 @@ def rollout_kernel(
                 )
                 proposed = math.exp(log_dt)
             smallest = min(smallest, proposed)
+            reference = math.inf
+            if shadowed:
+                reference = _oracle(x, v, a, m, eps, e, shadow_threshold, shadow_grid, shadow_bisections, x1, v1, a1)
             dt = min(proposed, end_time[b] - t)
             leapfrog(x, v, a, m, eps, dt, x1, v1, a1)
             e1 = energy(x1, v1, m, eps)
@@ -182,6 +196,7 @@ def rollout_kernel(
             dt_min = min(dt_min, dt)
             dt_max = max(dt_max, dt)
             dt_sum += dt
+            oracle_steps += dt / reference
         times[b] = t
         int_stats[b, 0] = steps
         int_stats[b, 1] = evaluations
@@ -194,3 +209,4 @@ def rollout_kernel(
         float_stats[b, 4] = dt_max
         float_stats[b, 5] = dt_sum
         float_stats[b, 6] = smallest
+        float_stats[b, 7] = oracle_steps
