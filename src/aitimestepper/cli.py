@@ -234,7 +234,8 @@ def evaluate_command(
     click.echo(json.dumps(report["summary"], indent=1))
     click.echo(
         f"learned: worst family pass rate {numbers['worst_family_pass_rate']:.4f}, cost "
-        f"{numbers['cost_ratio_to_oracle']:.3f}x the oracle (geometric mean of the families' medians) -> {output}"
+        f"{numbers['cost_ratio_to_oracle']:.3f}x the oracle along its own paths (geometric mean of the families' "
+        f"medians) -> {output}"
     )
 
 
