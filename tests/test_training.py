@@ -296,6 +296,15 @@ def test_checkpoint_round_trip_rebuilds_the_policy(tmp_path):
     assert torch.isfinite(error).all()
 
 
+def test_the_same_payload_is_saved_as_the_same_bytes(tmp_path):
+    """Checkpoints are written atomically through randomly named temporary files; the bytes must
+    not depend on those names (DVC hashes them: a re-run that trains the same weights is a no-op)."""
+    payload = {"format": "aitimestepper", "weights": torch.arange(6.0)}
+    save_checkpoint(tmp_path / "a.pt", payload)
+    save_checkpoint(tmp_path / "other_name.pt", payload)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "other_name.pt").read_bytes()
+
+
 def test_bad_checkpoints_are_refused_clearly(tmp_path):
     params = tiny_params()
     result = train(params, tmp_path)

@@ -45,8 +45,15 @@ def model_payload(network: PairNet, params: Params, epoch: int, validation: dict
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically (temporary file, then rename)."""
-    write_atomic(Path(path), lambda tmp: torch.save(payload, tmp))
+    """Write ``payload`` atomically (temporary file, then rename), through a file object: torch
+    then names the archive's inner folder ``archive`` instead of after the (randomly named)
+    temporary file, so the same payload gives the same bytes."""
+
+    def write(temporary: Path) -> None:
+        with temporary.open("wb") as handle:
+            torch.save(payload, handle)
+
+    write_atomic(Path(path), write)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
