@@ -69,7 +69,11 @@ Per look, over the P = N (N - 1) / 2 pairs i < j (components-first, one pass):
         21% on unsoftened triples (2-D, 3-D), 5% on clusters of 4 bodies, 8-17% of 16 and 34-35% of
         32; its median is the oracle's step to 0.1% on every family, its log spread below 0.01 on
         the first three families, 0.03-0.1 on triples and clusters. The policy's step is taken
-        relative to it.
+        relative to it. It is the *first* crossing (the error is not monotonic in the step where a
+        pair's step is not small against its own time), and the context also holds its
+        *cancellation*, |the Kepler error| over the sum of its terms' magnitudes there: where the
+        candidates' errors are large and cancel, what the pairs alone miss decides, and the Kepler
+        step overshoots (see :func:`aitimestepper.kernels.kepler.kepler_step`).
 
     History rows (what a :class:`History` keeps of each past state, ``ROW_WIDTH``): its min log
         step, crowding and dimensionless rate u = R s**3 / (12 |E|) (s = exp(min log step)), and

@@ -6,10 +6,11 @@ are tuned on training-seed systems of the family and frozen (:mod:`.tuning`); th
 integrates the held-out systems: the learned model ungated and gated, fixed dt, free-fall,
 energy-normalised free-fall, PRS23, the energy-feedback controller (gated) and the greedy oracle.
 Costs follow one convention (:mod:`aitimestepper.policies`); ratios are per system, to the
-oracle's steps and to the family's *best classical* policy: the cheapest classical policy whose
-steps pass the gate at least ``PASS_TARGET`` of the time on the family (the controller, gated,
-always qualifies). Rollouts run compiled, in parallel over systems; every system's run is
-deterministic, so the report does not depend on the number of threads.
+oracle's steps (on its own run, and along the policy's own path: see :func:`family_report`) and
+to the family's *best classical* policy: the cheapest classical policy whose steps pass the gate
+at least ``PASS_TARGET`` of the time on the family (the controller, gated, always qualifies).
+Rollouts run compiled, in parallel over systems; every system's run is deterministic, so the
+report does not depend on the number of threads.
 """
 
 from __future__ import annotations
