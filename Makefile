@@ -9,7 +9,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast lint ui serve simulate bench clean
+.PHONY: help setup repro repro-check test test-fast lint ui serve simulate bench clean
 
 # the local MLflow store; an MLFLOW_TRACKING_URI in the environment (a shared server) wins
 STORE := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}
@@ -33,6 +33,9 @@ setup: $(STAMP) ## Create .venv (if missing) and install the pinned package and 
 
 repro: setup ## Run the DVC pipeline on params.yaml (local SQLite MLflow store, CPU)
 	dvc repro
+
+repro-check: setup ## Clone HEAD to a temp dir, make repro there, compare its metrics with the committed ones
+	d=$$(mktemp -d) && git clone -q . "$$d" && $(MAKE) -C "$$d" repro && $(BIN)/aits compare-metrics metrics "$$d/metrics"
 
 test: setup ## Run the whole test suite (slow tests included, as in CI)
 	$(BIN)/python -m pytest

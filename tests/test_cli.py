@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
+
+from invalid_systems import KINDS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,13 +108,16 @@ def test_simulate_reads_an_initial_conditions_file_with_any_classical_policy(tmp
         assert metrics["systems"][0]["num_bodies"] == 3
 
 
-def test_coincident_bodies_in_an_initial_conditions_file_exit_2_and_write_nothing(tmp_path):
+@pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.name)
+def test_every_kind_of_invalid_system_exits_2_names_it_and_writes_nothing(tmp_path, kind):
     small_params(tmp_path)
-    ics = {"masses": [1.0, 1.0], "positions": [[0.0, 0.0], [0.0, 0.0]], "velocities": [[0.0, 0.0], [0.0, 1.0]]}
-    (tmp_path / "bad.json").write_text(json.dumps(ics))
-    done = aits("simulate", "--model", "free_fall", "--ics", "bad.json", "--output", "out/sim.json", cwd=tmp_path)
-    assert done.returncode == 2
-    assert "bodies 0 and 1 are at the same position" in done.stderr
+    (tmp_path / "bad.json").write_text(json.dumps(kind.system))
+    done = aits(
+        "simulate", "--model", "free_fall", "--ics", "bad.json", "--output", "out/sim.json",
+        "--trajectory", "out/trajectory.npz", "--plots-dir", "out/plots", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert kind.loader in done.stderr and "bad.json" in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -194,7 +194,7 @@ def test_coincident_bodies_are_refused_without_softening_only():
 
 def test_state_refuses_bad_arrays():
     good = torch.zeros(1, 2, 2, dtype=torch.float64)
-    with pytest.raises(ValueError, match="masses must be > 0"):
+    with pytest.raises(ValueError, match="system 0: the mass of body 1 must be > 0"):
         State.from_arrays(good + torch.tensor([[[0.0, 0.0], [1.0, 0.0]]]), good, torch.tensor([[1.0, -1.0]]))
     with pytest.raises(ValueError, match="velocities must have the shape"):
         State.from_arrays(good, torch.zeros(1, 3, 2), torch.ones(1, 2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -13,6 +14,15 @@ import pytest
 import yaml
 
 from training_params import REPO, SMALL_EVALUATION, tiny_params
+
+
+def strict_json(text: str):
+    """json.loads refusing NaN and infinities (which Python's json writes and reads by default)."""
+
+    def refuse(constant: str):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def run(command: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -58,6 +68,10 @@ def test_dvc_repro_runs_the_whole_pipeline_and_is_then_up_to_date(tmp_path):
         "mlflow.db",
     ):
         assert (copy / output).exists(), output
+    written = sorted([*copy.glob("metrics/*.json"), *copy.glob("models/*.json")])
+    assert len(written) >= 7  # train, simulate, evaluate, bench; train_run, registered, promotion
+    for path in written:
+        strict_json(path.read_text())  # no NaN or Infinity tokens
     registered = json.loads((copy / "models/registered.json").read_text())
     assert registered["version"] == 1 and registered["alias"] == "candidate"
     promotion = json.loads((copy / "models/promotion.json").read_text())
@@ -71,4 +85,10 @@ def test_dvc_repro_runs_the_whole_pipeline_and_is_then_up_to_date(tmp_path):
     [experiment] = [e for e in client.search_experiments() if e.name == params["tracking"]["experiment_name"]]
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["evaluate", "train"]
+    non_finite = {"nan", "inf", "-inf", "infinity", "-infinity"}
+    for logged in runs:
+        for kind, values in (("param", logged.data.params), ("tag", logged.data.tags)):
+            bad = {key: value for key, value in values.items() if value.strip().lower() in non_finite}
+            assert not bad, f"{logged.info.run_name} {kind}s {bad}"
+        assert all(math.isfinite(value) for value in logged.data.metrics.values()), logged.info.run_name
     assert client.get_model_version_by_alias(params["tracking"]["registered_model_name"], "champion").version == 1

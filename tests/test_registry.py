@@ -69,7 +69,7 @@ def test_pyfunc_refuses_malformed_requests(store, tiny_checkpoint):
     served = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")
     bad = example_request(2e-4)
     bad.at[0, "masses"] = [1.0, -1.0]
-    with pytest.raises(mlflow.exceptions.MlflowException, match="every mass must be finite and > 0"):
+    with pytest.raises(mlflow.exceptions.MlflowException, match="the mass of body 1 must be finite and > 0"):
         served.predict(bad)
 
 

@@ -17,6 +17,7 @@ import requests
 
 from aitimestepper.pyfunc import log_simulation_model
 from aitimestepper.serving import example_request
+from invalid_systems import GOOD, KINDS
 
 NAME = "aits-serve-test"
 
@@ -27,8 +28,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path, tiny_checkpoint):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_checkpoint):
+    tmp_path = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -80,6 +82,22 @@ def post(base: str, payload: dict) -> requests.Response:
     return requests.post(f"{base}/invocations", json=payload, timeout=120)
 
 
+def strict(response: requests.Response):
+    """The body parsed as strict JSON: NaN and infinities refused."""
+
+    def refuse(constant: str):
+        raise ValueError(f"non-standard JSON constant {constant} in {response.text[:200]}")
+
+    return json.loads(response.text, parse_constant=refuse)
+
+
+def request_of(system: dict, duration: float = 0.5) -> dict:
+    """A dataframe_split request for one system of the invalid-systems catalog's format."""
+    columns = ["masses", "positions", "velocities", "duration", "softening"]
+    row = [system["masses"], system["positions"], system["velocities"], duration, system.get("softening", 0.0)]
+    return {"dataframe_split": {"columns": columns, "data": [row]}}
+
+
 def split(frame) -> dict:
     return {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
 
@@ -87,14 +105,16 @@ def split(frame) -> dict:
 def test_served_model_answers_and_refuses_malformed_requests(server):
     answer = post(server, split(example_request(2e-4)))
     assert answer.status_code == 200, answer.text
-    [row] = answer.json()["predictions"]
+    [row] = strict(answer)["predictions"]
+    assert row["non_finite"] == [] and row["hit_step_cap"] is False
     assert row["reached_end"] and row["steps"] > 10 and row["gate_pass_rate"] > 0.5
     assert abs(row["time"] - 2 * 3.141592653589793) < 1e-9
 
     bad_mass = example_request(2e-4)
     bad_mass.at[0, "masses"] = [1.0, -1.0]
     refused = post(server, split(bad_mass))
-    assert refused.status_code == 400 and "every mass must be finite and > 0" in refused.text
+    assert refused.status_code == 400 and "the mass of body 1 must be finite and > 0" in refused.text
+    strict(refused)
 
     ragged = example_request(2e-4)
     ragged.at[0, "positions"] = [[0.0, 0.0], [1.0]]
@@ -128,3 +148,41 @@ def test_served_model_answers_and_refuses_malformed_requests(server):
 
     assert requests.get(f"{server}/ping", timeout=5).status_code == 200  # still serving
     assert post(server, split(example_request(2e-4))).status_code == 200
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.name)
+def test_every_kind_of_invalid_system_gets_http_400_naming_it(server, kind):
+    # the request carries NaN and infinities as JSON's NaN/Infinity tokens (what a Python client sends)
+    payload = json.dumps(request_of(kind.system), allow_nan=True)
+    refused = requests.post(
+        f"{server}/invocations", data=payload, headers={"Content-Type": "application/json"}, timeout=60
+    )
+    assert refused.status_code == 400, refused.text
+    assert kind.served in refused.text, refused.text
+    assert "row 0" in refused.text or "rows [0]" in refused.text, refused.text  # the row, and in it the body
+    strict(refused)
+
+
+def test_a_capped_run_says_so(server):
+    capped = example_request(2e-4)
+    capped.at[0, "max_steps"] = 5
+    [row] = strict(post(server, split(capped)))["predictions"]
+    assert row["steps"] == 5 and row["hit_step_cap"] is True and row["reached_end"] is False
+
+
+@pytest.mark.slow
+def test_the_server_stays_up_through_1000_mixed_requests_with_the_same_answers(server):
+    valid = request_of(GOOD, duration=0.3)
+    reference = strict(post(server, valid))["predictions"]
+    for k in range(1000):
+        kind = KINDS[k % len(KINDS)]
+        if k % 3 == 0:
+            answer = post(server, valid)
+            assert answer.status_code == 200 and strict(answer)["predictions"] == reference, (k, answer.text)
+        else:
+            payload = json.dumps(request_of(kind.system), allow_nan=True)
+            answer = requests.post(
+                f"{server}/invocations", data=payload, headers={"Content-Type": "application/json"}, timeout=60
+            )
+            assert answer.status_code == 400, (k, kind.name, answer.text)
+    assert requests.get(f"{server}/ping", timeout=5).status_code == 200

@@ -171,6 +171,29 @@ def simulate_command(
         f"{summary['gate_pass_rate']:.4f}, max single-step |dE/E| {summary['max_step_energy_error']:.2e}, "
         f"max |dE/E| {summary['max_energy_error']:.2e} -> {output}"
     )
+    if summary["systems_at_step_cap"]:
+        click.echo(
+            f"warning: {summary['systems_at_step_cap']} system(s) stopped at the step cap before their end time "
+            "(hit_step_cap in the metrics); raise --max-steps to go on",
+            err=True,
+        )
+
+
+@main.command("compare-metrics")
+@click.argument("reference", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument("run", type=click.Path(path_type=Path, exists=True, file_okay=False))
+def compare_metrics_command(reference: Path, run: Path) -> None:
+    """Compare the pipeline's metrics JSON files of RUN with REFERENCE (two metrics directories),
+    wall times aside; exit 1 if any value differs."""
+    from aitimestepper.reproduction import compare_metrics
+
+    found = compare_metrics(reference, run)
+    for name, lines in found.items():
+        click.echo(f"{name}: {'identical' if not lines else f'{len(lines)} difference(s)'}")
+        for line in lines[:20]:
+            click.echo(f"  {line}")
+    if any(found.values()):
+        sys.exit(1)
 
 
 @main.command("register")

@@ -53,7 +53,7 @@ def log_simulation_model(checkpoint: Path, name: str = "model", registered_model
         python_model=SimulationModel(),
         artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
         code_paths=[str(Path(aitimestepper.__file__).parent)],
-        signature=_signature(example, output),
+        signature=_signature(example, output.infer_objects()),
         input_example=example,
         registered_model_name=registered_model_name,
     )

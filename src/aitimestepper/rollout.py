@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -54,6 +54,8 @@ class Rollout:
         trajectory: per-step records when asked for, else None.
         oracle_steps: with a shadow oracle, the steps it would take over the same path: the sum
             over accepted steps of dt / (its step at the state the step starts from); else None.
+        hit_step_cap: True where a system stopped at its step cap (``max_steps`` or its
+            ``step_caps`` entry) before its end time, without failing (set by :func:`rollout`).
     """
 
     final_state: State
@@ -73,6 +75,7 @@ class Rollout:
     angular_momentum_drift: Tensor
     trajectory: Trajectory | None = None
     oracle_steps: Tensor | None = None
+    hit_step_cap: Tensor | None = None
 
 
 #: gated mode: factor applied to a rejected step before it is tried again
@@ -125,6 +128,7 @@ def rollout(
     """
     if engine not in ("auto", "torch", "compiled"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'compiled', got {engine!r}")
+    caps = torch.full((state.batch_size,), max_steps) if step_caps is None else step_caps.clamp_max(max_steps)
     if engine == "compiled" or (engine == "auto" and not record and fast.prefers(policy, state)):
         result = fast.fast_rollout(
             state,
@@ -138,7 +142,7 @@ def rollout(
         )
         if progress is not None:
             progress(int(result.steps.max()))
-        return result
+        return _with_caps(result, caps)
     zeros = torch.zeros(state.batch_size, dtype=state.positions.dtype)
     initial_energy = state.energy()
     initial_momentum, initial_angular = state.momentum(), state.angular_momentum()
@@ -193,7 +197,7 @@ def rollout(
                 records.add(state, taken, relative_energy_error(initial_energy, energy))
             if progress is not None:
                 progress(1)
-    return Rollout(
+    result = Rollout(
         final_state=state,
         steps=steps,
         force_evaluations=force_evaluations,
@@ -212,6 +216,12 @@ def rollout(
         trajectory=records.result() if records is not None else None,
         oracle_steps=oracle_steps if shadow is not None else None,
     )
+    return _with_caps(result, caps)
+
+
+def _with_caps(result: Rollout, caps: Tensor) -> Rollout:
+    """``result`` with ``hit_step_cap``: stopped at its cap (B,) before its end, not failed."""
+    return replace(result, hit_step_cap=~result.reached_end & ~result.failed & (result.steps >= caps))
 
 
 def _try_step(state: State, dt: Tensor, energy: Tensor) -> tuple[State, Tensor, Tensor]:

@@ -13,9 +13,11 @@ A request is a table with one row per system:
 
 The answer has one row per system: ``steps``, ``gate_pass_rate``, ``max_energy_error``,
 ``final_energy_error``, ``dt_mean``, ``dt_min``, ``dt_max``, ``reached_end``, ``failed``,
-``time``, ``final_positions``, ``final_velocities``. Systems are integrated with the learned
-policy in batches of equal N and D (each with its own softening), with the same leapfrog step as
-everywhere else.
+``hit_step_cap`` (stopped at ``max_steps`` before ``duration``), ``time``, ``final_positions``,
+``final_velocities`` and ``non_finite``: the fields whose value was not a finite number (a system
+that broke down in a close encounter), sent as null, so the answer is strict JSON. Systems are
+integrated with the learned policy in batches of equal N and D (each with its own softening), with
+the same leapfrog step as everywhere else.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aitimestepper.atomic import strict_json
 from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.state import DTYPE, State
 from aitimestepper.rollout import rollout
@@ -45,9 +48,11 @@ OUTPUT_COLUMNS = (
     "dt_max",
     "reached_end",
     "failed",
+    "hit_step_cap",
     "time",
     "final_positions",
     "final_velocities",
+    "non_finite",
 )
 
 
@@ -71,8 +76,9 @@ class SystemRequest(BaseModel):
     @field_validator("masses")
     @classmethod
     def _positive_masses(cls, masses: list[float]) -> list[float]:
-        if not all(math.isfinite(m) and m > 0 for m in masses):
-            raise ValueError("every mass must be finite and > 0")
+        for body, mass in enumerate(masses):
+            if not (math.isfinite(mass) and mass > 0):
+                raise ValueError(f"the mass of body {body} must be finite and > 0, got {mass}")
         return masses
 
     @field_validator("duration", "softening")
@@ -92,8 +98,9 @@ class SystemRequest(BaseModel):
             dims = {len(row) for row in rows}
             if len(dims) != 1 or dims.pop() not in (2, 3):
                 raise ValueError(f"{name} rows must all have 2 or 3 components")
-            if not all(math.isfinite(v) for row in rows for v in row):
-                raise ValueError(f"{name} must be finite (found NaN or inf)")
+            for body, row in enumerate(rows):
+                if not all(math.isfinite(v) for v in row):
+                    raise ValueError(f"{name} of body {body} must be finite, got {row}")
         if len(self.positions[0]) != len(self.velocities[0]):
             raise ValueError("positions and velocities must have the same dimension")
         return self
@@ -166,11 +173,15 @@ def simulate_requests(policy: LearnedPolicy, requests: list[SystemRequest], ener
                 "dt_max": float(result.dt_max[k]),
                 "reached_end": bool(result.reached_end[k]),
                 "failed": bool(result.failed[k]),
+                "hit_step_cap": bool(result.hit_step_cap[k]),
                 "time": float(result.final_state.time[k]),
                 "final_positions": result.final_state.positions[k].tolist(),
                 "final_velocities": result.final_state.velocities[k].tolist(),
             }
-    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+            found: list[str] = []
+            rows[index] = {**strict_json(rows[index], found), "non_finite": found}
+    # object columns keep None as None (a float column would turn it into NaN, sent as a NaN token)
+    return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
 
 
 def example_request(energy_threshold: float) -> pd.DataFrame:

@@ -237,6 +237,7 @@ def _per_system(result: Rollout, systems: SystemSet) -> list[dict[str, Any]]:
         "angular_momentum_drift": result.angular_momentum_drift,
         "reached_end": result.reached_end,
         "failed": result.failed,
+        "hit_step_cap": result.hit_step_cap,
     }
     return [
         {**systems.labels[k], **{key: values[k].item() for key, values in columns.items()}}
@@ -250,6 +251,7 @@ def _summary(systems: list[dict[str, Any]], wall_time: float) -> dict[str, Any]:
         "systems": len(systems),
         "all_reached_end": all(s["reached_end"] for s in systems),
         "any_failed": any(s["failed"] for s in systems),
+        "systems_at_step_cap": sum(s["hit_step_cap"] for s in systems),
         "gate_pass_rate": sum(s["gate_pass_rate"] * s["steps"] for s in systems) / max(steps, 1),
         "mean_steps_per_time_scale": sum(s["steps_per_time_scale"] for s in systems) / len(systems),
         "mean_force_evaluations_per_time_scale": sum(s["force_evaluations_per_time_scale"] for s in systems)

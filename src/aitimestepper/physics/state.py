@@ -55,7 +55,9 @@ class State:
         Raises:
             ValueError: naming the offending array (and system and bodies) and the rule it breaks:
                 bad shapes, non-finite values, non-positive masses, negative softening, two
-                bodies at the same place without softening, non-finite accelerations.
+                bodies at the same place without softening, non-finite accelerations, a
+                non-finite energy (numbers too large for float64) or an energy of exactly 0
+                (where the relative energy error every policy is gated on is undefined).
         """
         positions = torch.as_tensor(positions, dtype=DTYPE)
         velocities = torch.as_tensor(velocities, dtype=DTYPE)
@@ -68,9 +70,25 @@ class State:
         softening = _validated_softening(softening, positions.shape[0])
         _refuse_coincident_bodies(positions, softening)
         accelerations = gravity.accelerations(positions, masses, softening)
-        broken = ~accelerations.isfinite().flatten(start_dim=1).all(dim=1)
+        broken = ~accelerations.isfinite().all(dim=2)  # (B, N)
         if bool(broken.any()):
-            raise ValueError(f"accelerations are not finite in system(s) {broken.nonzero().flatten().tolist()}")
+            system, body = broken.nonzero()[0].tolist()
+            raise ValueError(
+                f"system {system}: the acceleration of body {body} is not finite (bodies too close or too massive "
+                "for float64)"
+            )
+        energy = gravity.total_energy(positions, velocities, masses, softening)
+        if not bool(energy.isfinite().all()):
+            systems = (~energy.isfinite()).nonzero().flatten().tolist()
+            raise ValueError(
+                f"system(s) {systems}: the energy is not finite (velocities or masses too large for float64)"
+            )
+        if bool((energy == 0).any()):
+            systems = (energy == 0).nonzero().flatten().tolist()
+            raise ValueError(
+                f"system(s) {systems}: the energy is exactly 0, where the relative energy error |E1 - E0| / |E0| "
+                "that every step is gated on is undefined"
+            )
         return cls(
             positions=positions,
             velocities=velocities,
@@ -169,10 +187,16 @@ def _validate_arrays(positions: Tensor, velocities: Tensor, masses: Tensor) -> N
     if positions.shape[1] < 2:
         raise ValueError(f"a system needs at least 2 bodies, got N = {positions.shape[1]}")
     for name, array in (("positions", positions), ("velocities", velocities), ("masses", masses)):
-        if not bool(array.isfinite().all()):
-            raise ValueError(f"{name} must be finite (found NaN or inf)")
-    if not bool((masses > 0).all()):
-        raise ValueError("masses must be > 0")
+        bad = ~array.isfinite()
+        if bool(bad.any()):
+            system, body = bad.reshape(*array.shape[:2], -1).any(dim=2).nonzero()[0].tolist()
+            raise ValueError(
+                f"system {system}: {name} of body {body} must be finite, got {array[system, body].tolist()}"
+            )
+    bad = ~(masses > 0)
+    if bool(bad.any()):
+        system, body = bad.nonzero()[0].tolist()
+        raise ValueError(f"system {system}: the mass of body {body} must be > 0, got {masses[system, body].item()}")
 
 
 def _validated_softening(softening: float | Tensor, batch: int) -> Tensor:
