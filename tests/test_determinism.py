@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from aitimestepper.reproduction import differences
 from aitimestepper.systems.families import democratic_triples
 from aitimestepper.systems.files import save_systems
 from training_params import tiny_params
@@ -37,8 +38,6 @@ CAPPED = {
     "ATEN_CPU_CAPABILITY": "default",
     "MKL_CBWR": "COMPATIBLE",
 }
-#: what may differ between two runs of the same inputs
-TIMINGS = ("wall_time_s", "steps_per_second")
 
 
 def aits(*args: str, cwd: Path, environment: dict[str, str]) -> None:
@@ -53,15 +52,6 @@ def aits(*args: str, cwd: Path, environment: dict[str, str]) -> None:
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-
-
-def untimed(value):
-    """A metrics document without its wall-clock figures."""
-    if isinstance(value, dict):
-        return {key: untimed(item) for key, item in value.items() if key not in TIMINGS}
-    if isinstance(value, list):
-        return [untimed(item) for item in value]
-    return value
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -97,7 +87,7 @@ def test_training_gives_the_same_bits_under_other_threads_and_cpu_feature_caps(t
     for key in first:
         assert torch.equal(first[key], second[key]), key
     metrics = [json.loads((trained[name] / "train.json").read_text()) for name in ("one_thread", "capped")]
-    assert untimed(metrics[0]) == untimed(metrics[1])
+    assert differences(metrics[0], metrics[1]) == []  # wall times aside
 
 
 @pytest.mark.slow
@@ -138,5 +128,5 @@ def test_a_chaotic_simulation_gives_the_same_bits_under_other_threads_and_cpu_fe
     for key in runs[0].files:
         assert np.array_equal(runs[0][key], runs[1][key], equal_nan=True), key
     metrics = [json.loads((outputs[name] / "metrics.json").read_text()) for name in ("one_thread", "capped")]
-    assert untimed(metrics[0]) == untimed(metrics[1])
+    assert differences(metrics[0], metrics[1]) == []  # wall times aside
     assert metrics[0]["summary"]["systems"] == systems
