@@ -20,6 +20,8 @@ import math
 import numpy as np
 from numba import njit
 
+from aitimestepper.kernels.physics import TINY
+
 #: the Kepler step is searched in log x over +-STEP_CLIP step units (as the other steps are clipped)
 STEP_CLIP = 3.0
 #: its first crossing: a coarse grid of log x over +-STEP_CLIP up to the first point whose error
@@ -36,7 +38,6 @@ FINE_SPLIT = 8
 KEPLER_BISECTIONS = 10
 #: what a pair's row holds: log k, phi, log tau - min log step, log share, sigma
 KEPLER_PAIR = 5
-TINY = 2.2250738585072014e-308
 
 
 @njit(cache=True)
