@@ -5,6 +5,7 @@ convention, the tuning of the classical baselines, the report's choices and acce
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 
 import pytest
@@ -507,6 +508,8 @@ def test_evaluation_report_of_a_small_suite(tmp_path, tiny_checkpoint):
     assert set(saved["summary"]) == levels
     numbers = headline(saved)
     assert set(numbers) == {"worst_family_pass_rate", "cost_ratio_to_oracle"}
+    assert saved["headline"] == numbers  # stored for the promote stage
+    assert saved["model_sha256"] == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
     trained = [data["summary"]["learned"] for data in saved["thresholds"]["0.0002"]["families"].values()]
     assert numbers["worst_family_pass_rate"] == min(values["gate_pass_rate"] for values in trained)
     same_path = [values["median_ratio_to_oracle_same_path"] for values in trained]

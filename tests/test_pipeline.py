@@ -1,4 +1,5 @@
-"""`dvc repro` of the real pipeline in a temporary copy of the repository, with tiny params."""
+"""`dvc repro` of the real pipeline in a temporary copy of the repository, with tiny params, and
+a second clone that pulls its outputs from a DVC remote (a local directory)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aitimestepper.reproduction import differences
 from training_params import REPO, SMALL_EVALUATION, tiny_params
 
 
@@ -32,7 +34,7 @@ def run(command: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_the_whole_pipeline_and_is_then_up_to_date(tmp_path):
+def test_dvc_repro_runs_the_whole_pipeline_and_a_second_clone_pulls_it(tmp_path):
     copy = tmp_path / "repo"
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for name in tracked:
@@ -91,4 +93,29 @@ def test_dvc_repro_runs_the_whole_pipeline_and_is_then_up_to_date(tmp_path):
             bad = {key: value for key, value in values.items() if value.strip().lower() in non_finite}
             assert not bad, f"{logged.info.run_name} {kind}s {bad}"
         assert all(math.isfinite(value) for value in logged.data.metrics.values()), logged.info.run_name
-    assert client.get_model_version_by_alias(params["tracking"]["registered_model_name"], "champion").version == 1
+    name = params["tracking"]["registered_model_name"]
+    assert client.get_model_version_by_alias(name, "champion").version == 1
+    evaluation = json.loads((copy / "metrics/evaluate.json").read_text())
+    tags = client.get_model_version(name, "1").tags
+    assert tags["model_sha256"] == registered["model_sha256"] == evaluation["model_sha256"]
+    assert {key: float(tags[f"evaluation.{key}"]) for key in evaluation["headline"]} == evaluation["headline"]
+
+    # a second clone, without mlflow.db, pulls the outputs from a DVC remote: its pipeline is up to
+    # date and its pulled checkpoint simulates as the first clone's did
+    for command in (
+        ["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")],
+        ["dvc", "push"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline outputs"],
+        ["git", "clone", "-q", str(copy), str(tmp_path / "clone")],
+    ):
+        run(command, copy, env)
+    clone = tmp_path / "clone"
+    assert not (clone / "models/model.pt").exists() and not (clone / "mlflow.db").exists()
+    run(["dvc", "pull"], clone, env)
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], clone, env).stdout
+    assert not (clone / "mlflow.db").exists()  # nothing ran
+    command = ["aits", "simulate", "--model", "models/model.pt", "--output", "again/simulate.json"]
+    run([*command, "--trajectory", "again/trajectory.npz", "--plots-dir", "again/plots"], clone, env)
+    again = json.loads((clone / "again/simulate.json").read_text())
+    assert differences(json.loads((copy / "metrics/simulate.json").read_text()), again) == []

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import subprocess
+import sys
+
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from aitimestepper.checkpoint import load_policy
@@ -102,3 +108,36 @@ def test_promotion_is_gated_on_evaluation(store, tiny_checkpoint):
     assert promote(NAME)["promoted"]
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == third
     assert promote(NAME, int(second), force=True)["reason"] == "forced"
+
+
+def test_promote_records_an_evaluation_only_of_the_registered_checkpoint(store, tiny_checkpoint, tmp_path):
+    """`aits promote --evaluation`: a report of another checkpoint (by SHA-256) is refused with
+    exit 2, nothing tagged and nothing written; the report of the registered one is recorded on
+    its version and decides the promotion."""
+    version = register(tiny_checkpoint)
+    digest = hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    (tmp_path / "registered.json").write_text(
+        json.dumps({"name": NAME, "version": int(version), "model_sha256": digest})
+    )
+    headline = {"worst_family_pass_rate": 0.9995, "cost_ratio_to_oracle": 1.07}
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump({**tiny_params().model_dump(mode="json"), "tracking": {"registered_model_name": NAME}})
+    )
+    command = [sys.executable, "-m", "aitimestepper", "promote", "--params", str(params)]
+    command += ["--evaluation", "evaluate.json", "--registered", "registered.json", "--output", "promotion.json"]
+
+    (tmp_path / "evaluate.json").write_text(json.dumps({"model_sha256": "0" * 64, "headline": headline}))
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "evaluate the registered model" in done.stderr, done.stderr
+    assert not (tmp_path / "promotion.json").exists()
+    assert not any(key.startswith("evaluation.") for key in MlflowClient().get_model_version(NAME, version).tags)
+
+    (tmp_path / "evaluate.json").write_text(json.dumps({"model_sha256": digest, "headline": headline}))
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "promotion.json").read_text())["promoted"]
+    tags = MlflowClient().get_model_version(NAME, version).tags
+    assert {key: float(tags[f"evaluation.{key}"]) for key in headline} == headline
+    with pytest.raises(RegistryError, match="no version 99"):
+        record_evaluation(NAME, 99, headline)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from aitimestepper.checkpoint import CheckpointError, load_policy, read_checkpoint, save_checkpoint
+from aitimestepper.config import MODEL_SETTINGS
 from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy, build_network
 from aitimestepper.physics.integrator import step_energy_error
@@ -283,7 +284,8 @@ def test_checkpoint_round_trip_rebuilds_the_policy(tmp_path):
     params = tiny_params()
     result = train(params, tmp_path)
     raw = torch.load(result.model_path, weights_only=True)
-    assert raw["contract"] == params.to_contract()
+    assert raw["contract"] == params.model_contract()
+    assert set(raw["contract"]) == {"contract_version", *MODEL_SETTINGS}  # nothing a later stage reads
     assert raw["dtype"] == {"physics_and_features": "float64", "network_layers": "float32"}
     policy = load_policy(result.model_path)
     kept = read_checkpoint(result.model_path)

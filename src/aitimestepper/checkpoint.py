@@ -2,7 +2,7 @@
 
 Every checkpoint is a dict of tensors and plain values, written atomically and loadable with
 ``torch.load(weights_only=True)``:
-    ``format``: ``"aitimestepper.checkpoint"``; ``contract``: :meth:`Params.to_contract` output;
+    ``format``: ``"aitimestepper.checkpoint"``; ``contract``: :meth:`Params.model_contract` output;
     ``dtype``: the precision of the physics and features (float64) and of the network's layers
     (float32); ``model_state``: the network's ``state_dict`` (normalization constants included as
     buffers, float64); ``normalization``: the same constants as lists;
@@ -12,6 +12,7 @@ Every checkpoint is a dict of tensors and plain values, written atomically and l
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def model_payload(network: PairNet, params: Params, epoch: int, validation: dict
     """The part of a checkpoint that rebuilds the policy."""
     return {
         "format": CHECKPOINT_FORMAT,
-        "contract": params.to_contract(),
+        "contract": params.model_contract(),
         "dtype": {"physics_and_features": "float64", "network_layers": str(NETWORK_DTYPE).removeprefix("torch.")},
         "model_state": {k: v.detach().clone() for k, v in network.state_dict().items()},
         "normalization": {
@@ -54,6 +55,12 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             torch.save(payload, handle)
 
     write_atomic(Path(path), write)
+
+
+def checkpoint_digest(path: Path) -> str:
+    """The SHA-256 of a checkpoint file's bytes (hex): identifies the model a training wrote, a
+    registry version holds and an evaluation judged (checkpoints are byte-reproducible)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -224,36 +224,26 @@ def register_command(params_path: Path, train_run: Path, output: Path) -> None:
     show_default=True,
     help="The learned model's checkpoint.",
 )
-@click.option(
-    "--registered",
-    type=click.Path(path_type=Path),
-    default=Path("models/registered.json"),
-    show_default=True,
-    help="Registry record of that model: its version is tagged with the evaluation (skipped if absent).",
-)
 @click.option("--output", type=click.Path(path_type=Path), default=Path("metrics/evaluate.json"), show_default=True)
 @click.option("--plots-dir", type=click.Path(path_type=Path), default=Path("plots/evaluate"), show_default=True)
-@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow nor tag the model version.")
-def evaluate_command(
-    params_path: Path, source: Path, registered: Path, output: Path, plots_dir: Path, no_tracking: bool
-) -> None:
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
+def evaluate_command(params_path: Path, source: Path, output: Path, plots_dir: Path, no_tracking: bool) -> None:
     """Compare the learned policy with tuned classical rules and the oracle on every held-out family."""
     from aitimestepper.checkpoint import CheckpointError, load_policy
-    from aitimestepper.evaluation.report import evaluate, headline, write_report
+    from aitimestepper.evaluation.report import evaluate, write_report
 
     params = _load(params_path)
     try:
         load_policy(source)
     except CheckpointError as error:
         raise click.UsageError(str(error)) from None
-    record = json.loads(registered.read_text()) if registered.is_file() else None
     jobs = len(params.evaluation.suite) * (1 + len(params.evaluation.extra_thresholds))
     with tqdm(total=jobs, desc="evaluate", unit="family", file=sys.stderr, disable=None) as bar:
         report = evaluate(params, str(source), progress=lambda name: (bar.set_postfix_str(name), bar.update(1)))
     write_report(report, output, plots_dir, params=params)
-    numbers = headline(report)
     if not no_tracking:
-        _track_evaluation(params, report, numbers, plots_dir, record)
+        _track_evaluation(params, report, plots_dir)
+    numbers = report["headline"]
     click.echo(json.dumps(report["summary"], indent=1))
     click.echo(
         f"learned: worst family pass rate {numbers['worst_family_pass_rate']:.4f}, cost "
@@ -262,11 +252,10 @@ def evaluate_command(
     )
 
 
-def _track_evaluation(params: Params, report: dict, numbers: dict, plots_dir: Path, record: dict | None) -> None:
+def _track_evaluation(params: Params, report: dict, plots_dir: Path) -> None:
     import mlflow
 
     from aitimestepper import tracking
-    from aitimestepper.registry import record_evaluation
 
     metrics = {
         f"t{threshold}/{family}/{policy}/{key}": float(value)
@@ -280,29 +269,53 @@ def _track_evaluation(params: Params, report: dict, numbers: dict, plots_dir: Pa
         params.tracking.experiment_name,
         "evaluate",
         params.to_contract(),
-        tags={"stage": "evaluate", "model": report["source"]},
+        tags={"stage": "evaluate", "model": report["source"], "model_sha256": report["model_sha256"]},
     ):
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({**metrics, **{f"headline/{key}": value for key, value in report["headline"].items()}})
         mlflow.log_dict(report, "evaluate.json")
         for plot in sorted(plots_dir.glob("*.png")):
             mlflow.log_artifact(str(plot), artifact_path="plots")
-    if record is not None:
-        record_evaluation(record["name"], record["version"], numbers)
 
 
 @main.command("promote")
 @PARAMS_OPTION
 @click.option("--version", type=int, default=None, help="Model version [default: the 'candidate' alias].")
+@click.option(
+    "--evaluation",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="An evaluation report (metrics/evaluate.json) to record on the version of --registered first; "
+    "it must have judged that version's checkpoint.",
+)
+@click.option(
+    "--registered",
+    type=click.Path(path_type=Path),
+    default=Path("models/registered.json"),
+    show_default=True,
+    help="The registry record (from `aits register`) whose version --evaluation judged.",
+)
 @click.option("--force", is_flag=True, help="Promote even if the evaluation is worse than the champion's.")
 @click.option("--output", type=click.Path(path_type=Path), default=Path("models/promotion.json"), show_default=True)
-def promote_command(params_path: Path, version: int | None, force: bool, output: Path) -> None:
+def promote_command(
+    params_path: Path, version: int | None, evaluation: Path | None, registered: Path, force: bool, output: Path
+) -> None:
     """Move the 'champion' alias to a version whose evaluation is not worse than the champion's."""
     from aitimestepper.atomic import write_json
-    from aitimestepper.registry import RegistryError, promote
+    from aitimestepper.registry import RegistryError, judged_version, promote, record_evaluation
 
     params = _load(params_path)
+    name = params.tracking.registered_model_name
     try:
-        decision = promote(params.tracking.registered_model_name, version, force=force)
+        if evaluation is not None:
+            record, numbers = judged_version(registered, evaluation)
+            if record["name"] != name or version not in (None, record["version"]):
+                raise RegistryError(
+                    f"{registered} names version {record['version']} of {record['name']!r}, but promotion was asked "
+                    f"of {'version ' + str(version) if version is not None else 'the candidate'} of {name!r}"
+                )
+            version = record["version"]
+            record_evaluation(name, version, numbers)
+        decision = promote(name, version, force=force)
     except RegistryError as error:
         raise click.UsageError(str(error)) from None
     write_json(output, decision)

@@ -257,6 +257,11 @@ class TrackingParams(Section):
     registered_model_name: str = Field("aitimestepper", min_length=1, description="MLflow registered model name.")
 
 
+#: the settings a trained model is a function of, and all its checkpoint records: simulation,
+#: evaluation and tracking belong to the stages that use a model (the train stage's DVC params)
+MODEL_SETTINGS = ("energy_threshold", "epochs", "seed", "systems", "features", "model", "training")
+
+
 class Params(BaseSettings):
     """Every scientific setting of the project (the config contract)."""
 
@@ -322,6 +327,12 @@ class Params(BaseSettings):
     def to_contract(self) -> dict[str, Any]:
         """Plain JSON-compatible dict: every setting plus ``contract_version``."""
         return {"contract_version": CONTRACT_VERSION, **self.model_dump(mode="json")}
+
+    def model_contract(self) -> dict[str, Any]:
+        """The config contract of a model trained with these settings (what its checkpoint
+        carries): :data:`MODEL_SETTINGS` plus ``contract_version``; :meth:`from_contract` gives
+        the other sections their defaults."""
+        return {"contract_version": CONTRACT_VERSION, **self.model_dump(mode="json", include=set(MODEL_SETTINGS))}
 
     @classmethod
     def from_contract(cls, contract: dict[str, Any]) -> Params:

@@ -4,7 +4,8 @@ New versions get the alias ``candidate``. ``promote`` moves ``champion`` to a ve
 that version's evaluation is not worse than the current champion's: a worst-family pass rate at
 least as high (rates at or above :data:`PASS_RATE_TARGET` count as equal) and a cost relative to
 the oracle (geometric mean over the families) no higher. Evaluations are stored as version tags
-(``evaluation.*``).
+(``evaluation.*``), taken from an evaluation report once :func:`judged_version` has checked, by
+the checkpoint's SHA-256, that the report judged that very version.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class RegistryError(ValueError):
 
 def register_trained(train_run: Path, name: str, output: Path) -> dict[str, Any]:
     """Register the model logged by a training run (``models/train_run.json``) under ``name``,
-    give it the ``candidate`` alias, and write ``output`` (name, version, URIs)."""
+    give it the ``candidate`` alias and a ``model_sha256`` tag, and write ``output`` (name,
+    version, URIs, run id, checkpoint SHA-256)."""
     record = json.loads(Path(train_run).read_text())
     if not record.get("model_uri"):
         raise RegistryError(f"{train_run} names no logged model: train with tracking enabled first")
@@ -42,6 +44,8 @@ def register_trained(train_run: Path, name: str, output: Path) -> dict[str, Any]
         raise RegistryError(f"cannot register {record['model_uri']} in {tracking.tracking_uri()}: {error}") from None
     client = MlflowClient()
     client.set_registered_model_alias(name, CANDIDATE, version.version)
+    if record.get("model_sha256"):
+        client.set_model_version_tag(name, version.version, "model_sha256", record["model_sha256"])
     registered = {
         "name": name,
         "version": int(version.version),
@@ -49,17 +53,53 @@ def register_trained(train_run: Path, name: str, output: Path) -> dict[str, Any]
         "alias": CANDIDATE,
         "alias_uri": f"models:/{name}@{CANDIDATE}",
         "run_id": record.get("run_id"),
+        "model_sha256": record.get("model_sha256"),
     }
     write_json(output, registered)
     return registered
 
 
 def record_evaluation(name: str, version: int, metrics: dict[str, float]) -> None:
-    """Store evaluation metrics on a model version as ``evaluation.<key>`` tags."""
+    """Store evaluation metrics on a model version as ``evaluation.<key>`` tags.
+
+    Raises:
+        RegistryError: no such model version.
+    """
     tracking.configure()
     client = MlflowClient()
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException as error:
+        raise RegistryError(f"no version {version} of {name!r} in {tracking.tracking_uri()}: {error}") from None
     for key in EVALUATION_TAGS:
         client.set_model_version_tag(name, str(version), f"evaluation.{key}", repr(float(metrics[key])))
+
+
+def judged_version(registered: Path, evaluation: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """The registry record ``registered`` (``models/registered.json``) and the headline of the
+    evaluation report ``evaluation`` (``metrics/evaluate.json``), once checked to be of the
+    same checkpoint (by SHA-256). Reads files only; the caller records the headline.
+
+    Raises:
+        RegistryError: a missing file, a report without a headline, or a report of another
+            checkpoint than the registered one.
+    """
+    record, report = (_read_json(Path(path)) for path in (registered, evaluation))
+    judged, held = report.get("model_sha256"), record.get("model_sha256")
+    if "headline" not in report or not judged:
+        raise RegistryError(f"{evaluation} has no headline or model_sha256: run `aits evaluate` again")
+    if judged != held:
+        raise RegistryError(
+            f"{evaluation} judged the checkpoint with SHA-256 {judged}, but version {record['version']} of "
+            f"{record['name']!r} ({registered}) holds {held}: evaluate the registered model"
+        )
+    return record, report["headline"]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RegistryError(f"{path} does not exist: run the pipeline's earlier stages first (dvc repro)")
+    return json.loads(path.read_text())
 
 
 def promote(name: str, version: int | None = None, *, force: bool = False) -> dict[str, Any]:

@@ -8,18 +8,20 @@ import torch
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: What pins the arithmetic of torch's CPU kernels to one instruction set, so that the same
-#: inputs give the same bits on every x86-64 CPU with AVX2 and FMA (measured on this machine
-#: kind: a float32 layer's forward and backward gave other bits with torch's own kernels at the
-#: AVX-512, AVX2 and default levels, and with oneMKL's own choice of kernels against its
-#: conditional-numerical-reproducibility modes; a training on an Intel AVX-512 machine kept
-#: another epoch than the same training on an AMD one). Both are read by torch and oneMKL at
-#: their first use, not at import.
+#: What pins the arithmetic of torch's and oneMKL's CPU kernels, so that the same inputs give
+#: the same bits on every x86-64 CPU with AVX2 and FMA, Intel or AMD. Left to themselves both
+#: choose kernels by CPU (measured on this machine kind: a float32 layer's forward and backward
+#: gave other bits with torch's kernels at the AVX-512, AVX2 and default levels and with each of
+#: oneMKL's code paths). oneMKL's only path that is the same on Intel and AMD processors is
+#: COMPATIBLE: its AVX2 path is Intel-only and falls back, silently, to the CPU's own choice
+#: elsewhere (oneMKL's documentation; measured: with ``MKL_CBWR=AVX2`` a training on an Intel
+#: Xeon kept epoch 35 where the same training on an AMD EPYC kept epoch 50). Both variables are
+#: read by torch and oneMKL at their first use, not at import.
 PORTABLE_NUMERICS = {
-    # oneMKL's conditional numerical reproducibility: the AVX2 code path, strict (the same bits
-    # whatever the CPU, the alignment of the data or the threads); about 1.3x slower float32
-    # products than its own choice on this machine, where the compatible (SSE2) path was 2x
-    "MKL_CBWR": "AVX2,STRICT",
+    # oneMKL's conditional numerical reproducibility, on its COMPATIBLE path (SSE2 without the
+    # approximate rcpps/rsqrtps), strict: the same bits whatever the CPU's vendor, the data's
+    # alignment or the threads; training costs about 2% more than with the AVX2 path here
+    "MKL_CBWR": "COMPATIBLE,STRICT",
     # torch's own vectorised kernels (tanh, exp, reductions): the AVX2 versions
     "ATEN_CPU_CAPABILITY": "avx2",
 }
@@ -42,9 +44,9 @@ class Runtime(BaseSettings):
     )
     portable_numerics: bool = Field(
         True,
-        description="pin torch's and oneMKL's CPU kernels to their AVX2 versions (PORTABLE_NUMERICS), so that "
-        "training and simulation give the same bits on every x86-64 CPU with AVX2 and FMA; false leaves "
-        "the kernels to each library's choice (faster on AVX-512, other bits there).",
+        description="pin torch's CPU kernels to their AVX2 versions and oneMKL's to its vendor-neutral path "
+        "(PORTABLE_NUMERICS), so that training and simulation give the same bits on every x86-64 CPU with AVX2 "
+        "and FMA; false leaves the kernels to each library's choice (faster, other bits on other CPUs).",
     )
 
     def apply(self) -> None:

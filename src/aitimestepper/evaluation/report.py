@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from aitimestepper.checkpoint import checkpoint_digest, load_policy
 from aitimestepper.config import Params
 from aitimestepper.evaluation.runs import run_family
 from aitimestepper.evaluation.suite import Family, scaled_family, suite, tuning_family
@@ -228,8 +229,9 @@ def targets(family_name: str, report: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate(params: Params, source: str, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The full report: per threshold and family, tuned values, per-system rows, summaries,
-    the best classical policy, the acceptance checks, and the scale transfer.
+    """The full report: the checkpoint's SHA-256, per threshold and family, tuned values,
+    per-system rows, summaries, the best classical policy, the acceptance checks, the scale
+    transfer, and the :func:`headline` that decides promotion.
 
     Args:
         params: the settings (suite, thresholds, tuning).
@@ -244,6 +246,7 @@ def evaluate(params: Params, source: str, progress: Callable[[str], None] | None
     scaled = [family for family in families if family.spec.family in ("binary", "hierarchical_triple")]
     report: dict[str, Any] = {
         "source": str(source),
+        "model_sha256": checkpoint_digest(Path(source)),
         "trained_threshold": trained,
         "cost_convention": COST_CONVENTION,
         "pass_target": PASS_TARGET,
@@ -262,6 +265,7 @@ def evaluate(params: Params, source: str, progress: Callable[[str], None] | None
                 params, source, family, threshold
             )
     report["summary"] = summary_table(report)
+    report["headline"] = headline(report)
     return report
 
 
@@ -356,6 +360,4 @@ def write_report(report: dict[str, Any], output: Path, plots_dir: Path | None, p
 
 
 def _load_learned(source: str) -> LearnedPolicy:
-    from aitimestepper.checkpoint import load_policy
-
     return load_policy(Path(source))

@@ -11,6 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from aitimestepper.atomic import write_json
+from aitimestepper.checkpoint import checkpoint_digest
 from aitimestepper.config import Params
 from aitimestepper.plots import training_curves
 from aitimestepper.pyfunc import log_simulation_model
@@ -33,7 +34,8 @@ def run_training(
     """Train with a progress bar; with ``tracking``, log everything to MLflow.
 
     Writes ``models_dir/model.pt``, ``checkpoint.pt``, ``training_curves.png`` and
-    ``train_run.json`` (MLflow run id, tracking URI, summary), and the summary plus the kept
+    ``train_run.json`` (MLflow run id, tracking URI, logged model URI, the kept checkpoint's
+    SHA-256, summary), and the summary plus the kept
     model's validation metrics to ``metrics_path`` if given.
 
     Returns:
@@ -77,8 +79,9 @@ def run_training(
         )
         bar.close()
         mlflow.log_metrics({f"summary/{k}": float(v) for k, v in result.summary.items()})
-        mlflow.log_dict(params.to_contract(), "contract.json")
+        mlflow.log_dict(params.model_contract(), "contract.json")
         mlflow.log_artifact(str(result.model_path), artifact_path="checkpoint")
+        mlflow.set_tag("model_sha256", checkpoint_digest(result.model_path))
         model_info = log_simulation_model(result.model_path)
         _write_outputs(
             result,
@@ -104,7 +107,13 @@ def _write_outputs(
     training_curves(result.history, models_dir / CURVES_FILE, kept_epoch=int(result.best.get("epoch", 0)) or None)
     write_json(
         models_dir / RUN_FILE,
-        {"run_id": run_id, "tracking_uri": uri, "model_uri": model_uri, "summary": result.summary},
+        {
+            "run_id": run_id,
+            "tracking_uri": uri,
+            "model_uri": model_uri,
+            "model_sha256": checkpoint_digest(result.model_path),
+            "summary": result.summary,
+        },
     )
     if metrics_path is not None:
         write_json(metrics_path, {**result.summary, "kept": result.best})

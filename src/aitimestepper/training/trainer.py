@@ -14,7 +14,7 @@ import numba
 import torch
 
 from aitimestepper.checkpoint import model_payload, read_checkpoint, save_checkpoint
-from aitimestepper.config import Params
+from aitimestepper.config import MODEL_SETTINGS, Params
 from aitimestepper.features import ROW_WIDTH, history_row, system_context
 from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy, build_network
@@ -121,7 +121,7 @@ def _train(
     start_epoch = 0
     if resume and checkpoint_path.exists():
         saved = read_checkpoint(checkpoint_path)
-        if _resumable_contract(saved.get("contract", {})) != _resumable_contract(params.to_contract()):
+        if _resumable_contract(saved.get("contract", {})) != _resumable_contract(params.model_contract()):
             raise ValueError(
                 f"cannot resume from {checkpoint_path}: it was written with other training params "
                 f"({', '.join(TRAINING_SETTINGS[1:])}; epochs, simulation, evaluation and tracking may change); "
@@ -223,7 +223,7 @@ def _normalization_inputs(
 
 
 #: the settings training reads, besides ``epochs`` (a run may be resumed to train longer)
-TRAINING_SETTINGS = ("contract_version", "energy_threshold", "seed", "systems", "features", "model", "training")
+TRAINING_SETTINGS = tuple(key for key in ("contract_version", *MODEL_SETTINGS) if key != "epochs")
 
 
 def _resumable_contract(contract: dict[str, Any]) -> dict[str, Any]:
