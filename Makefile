@@ -18,6 +18,8 @@ SERVE_PORT ?= 5001
 MODEL ?= models:/aitimestepper@champion
 ICS ?=
 OUT ?= results/adhoc
+# extra `dvc repro` flags of `make repro` (repro-check passes --force)
+REPRO_FLAGS ?=
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,10 +34,11 @@ setup: $(STAMP) ## Create .venv (if missing) and install the pinned package and 
 	@true
 
 repro: setup ## Run the DVC pipeline on params.yaml (local SQLite MLflow store, CPU)
-	dvc repro
+	dvc repro $(REPRO_FLAGS)
 
-repro-check: setup ## Clone HEAD to a temp dir, make repro there, compare its metrics with the committed ones
-	d=$$(mktemp -d) && git clone -q . "$$d" && $(MAKE) -C "$$d" repro && $(BIN)/aits compare-metrics metrics "$$d/metrics"
+repro-check: setup ## Clone HEAD to a temp dir, run every stage there, compare its metrics with the committed ones
+	d=$$(mktemp -d) && git clone -q . "$$d" && $(MAKE) -C "$$d" repro REPRO_FLAGS=--force && \
+		$(BIN)/aits compare-metrics metrics "$$d/metrics"
 
 test: setup ## Run the whole test suite (slow tests included, as in CI)
 	$(BIN)/python -m pytest
