@@ -1,8 +1,11 @@
 """Throughput and memory benchmarks, measured side by side in one run (this machine is noisy).
 
-- Simulation throughput: systems-steps per second of the same (compiled) rollout with the learned
-  policy and with a fixed dt, for B in {1, 64, 1024} systems of N in {2, 3, 8} bodies; the
-  learned policy's overhead is the ratio of the two times per step.
+- One system: steps per second of one system of N in {2, 3, 8, 32} bodies over ``SINGLE_STEPS``
+  steps (long enough that the cost of a call is paid once) with a fixed dt, the free-fall rule,
+  the energy-feedback controller (gated) and the learned policy, interleaved, and REBOUND's
+  leapfrog (C, a fixed dt) and IAS15 on the same system as the reference.
+- Batches: system-steps per second of B in {64, 1024, 4096} systems of N in {2, 3, 8} bodies
+  with the learned policy and a fixed dt, interleaved.
 - Part 2 replay: one batched gated step over a minibatch vs the same math sample by sample.
 - Training: wall time per epoch at the given params, and peak resident memory of training and of
   simulation, each measured in a child process of its own.
@@ -22,17 +25,26 @@ from typing import Any
 
 import torch
 
+from aitimestepper import reference
 from aitimestepper.config import Params
 from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.state import State
-from aitimestepper.policies import FixedStep
+from aitimestepper.policies import EnergyFeedback, FixedStep, FreeFall
 from aitimestepper.rollout import rollout
 from aitimestepper.systems.families import plummer_clusters
 
-BATCH_SIZES = (1, 64, 1024)
-BODY_COUNTS = (2, 3, 8)
-STEPS = 40
+SINGLE_BODY_COUNTS = (2, 3, 8, 32)
+SINGLE_STEPS = 2_000
+#: REBOUND runs many more steps per timing (it is thousands of times faster per step)
+REFERENCE_STEPS = 200_000
+BATCH_SIZES = (64, 1024, 4096)
+BATCH_BODY_COUNTS = (2, 3, 8)
+BATCH_STEPS = 40
 REPEATS = 15
+#: the threshold of the benchmark's gated controller and of the learned policy's aim
+THRESHOLD = 2e-4
+#: a fixed dt small against every benchmark system's time scale (its cost does not depend on it)
+FIXED_DT = 1e-4
 
 
 def _timed(work: Callable[[], Any], repeats: int = REPEATS) -> float:
@@ -46,17 +58,18 @@ def _timed(work: Callable[[], Any], repeats: int = REPEATS) -> float:
     return statistics.median(times)
 
 
-def _timed_side_by_side(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[float, float]:
-    """Median wall times of ``first`` and ``second``, their calls interleaved (after one warm-up
-    call each) so that a slow spell of the machine hits both alike."""
-    first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(REPEATS):
-        for work, spent in ((first, times[0]), (second, times[1])):
+def _timed_side_by_side(works: dict[str, Callable[[], Any]], repeats: int = REPEATS) -> dict[str, float]:
+    """Median wall time of each of ``works``, their calls interleaved (after one warm-up call
+    each) so that a slow spell of the machine hits them alike."""
+    for work in works.values():
+        work()
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
             started = time.perf_counter()
             work()
-            spent.append(time.perf_counter() - started)
-    return statistics.median(times[0]), statistics.median(times[1])
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(spent) for name, spent in times.items()}
 
 
 def _systems(batch: int, bodies: int) -> State:
@@ -72,28 +85,65 @@ def _systems(batch: int, bodies: int) -> State:
     return group.state
 
 
-def simulation_throughput(policy: LearnedPolicy) -> list[dict[str, float]]:
-    """Learned vs fixed-dt rollouts of STEPS steps, for every (B, N)."""
+def _contenders(learned: LearnedPolicy) -> dict[str, tuple]:
+    """name -> (policy, gated) of the one-system benchmark."""
+    return {
+        "fixed": (FixedStep(FIXED_DT), False),
+        "free_fall": (FreeFall(0.05), False),
+        "controller": (EnergyFeedback(THRESHOLD), True),
+        "learned": (learned.at_threshold(THRESHOLD), False),
+    }
+
+
+def single_system_rates(policy: LearnedPolicy) -> list[dict[str, float]]:
+    """Steps per second of one system, per N: every contender over ``SINGLE_STEPS`` steps
+    (interleaved, 3 repeats), REBOUND's leapfrog and IAS15 over ``REFERENCE_STEPS``; and the
+    learned policy's share of REBOUND leapfrog's rate."""
     rows = []
-    for bodies in BODY_COUNTS:
+    forever = torch.full((1,), 1e30, dtype=torch.float64)
+    for bodies in SINGLE_BODY_COUNTS:
+        state = _systems(1, bodies)
+        works, steps = {}, {}
+        for name, (chosen, gated) in _contenders(policy).items():
+
+            def work(chosen=chosen, gated=gated, name=name, state=state, steps=steps):
+                done = rollout(state, chosen, forever, energy_threshold=THRESHOLD, max_steps=SINGLE_STEPS, gated=gated)
+                steps[name] = int(done.steps.sum())
+
+            works[name] = work
+        seconds = _timed_side_by_side(works, repeats=3)
+        row: dict[str, float] = {"bodies": bodies, "steps": SINGLE_STEPS}
+        row |= {f"{name}_steps_per_s": steps[name] / spent for name, spent in seconds.items()}
+        row["rebound_leapfrog_steps_per_s"] = reference.steps_per_second(state, "leapfrog", REFERENCE_STEPS, FIXED_DT)
+        row["rebound_ias15_steps_per_s"] = reference.steps_per_second(state, "ias15", REFERENCE_STEPS // 10)
+        row["learned_over_rebound_leapfrog"] = row["learned_steps_per_s"] / row["rebound_leapfrog_steps_per_s"]
+        rows.append(row)
+    return rows
+
+
+def batch_throughput(policy: LearnedPolicy) -> list[dict[str, float]]:
+    """Learned vs fixed-dt rollouts of BATCH_STEPS steps, for every (B, N) (engine ``auto``)."""
+    rows = []
+    learned = policy.at_threshold(THRESHOLD)
+    for bodies in BATCH_BODY_COUNTS:
         for batch in BATCH_SIZES:
             state = _systems(batch, bodies)
             forever = torch.full((batch,), 1e30, dtype=torch.float64)
-            fixed = FixedStep(1e-4)
 
             def run(chosen, state=state, forever=forever):
-                return rollout(state, chosen, forever, energy_threshold=1.0, max_steps=STEPS)
+                return rollout(state, chosen, forever, energy_threshold=THRESHOLD, max_steps=BATCH_STEPS)
 
-            learned_time, fixed_time = _timed_side_by_side(
-                lambda run=run: run(policy), lambda run=run, fixed=fixed: run(fixed)
+            seconds = _timed_side_by_side(
+                {"learned": lambda run=run: run(learned), "fixed": lambda run=run: run(FixedStep(FIXED_DT))},
+                repeats=5 if batch > 1024 else REPEATS,
             )
             rows.append(
                 {
                     "batch": batch,
                     "bodies": bodies,
-                    "learned_system_steps_per_s": batch * STEPS / learned_time,
-                    "fixed_system_steps_per_s": batch * STEPS / fixed_time,
-                    "learned_overhead": learned_time / fixed_time,
+                    "learned_system_steps_per_s": batch * BATCH_STEPS / seconds["learned"],
+                    "fixed_system_steps_per_s": batch * BATCH_STEPS / seconds["fixed"],
+                    "learned_overhead": seconds["learned"] / seconds["fixed"],
                 }
             )
     return rows
@@ -157,13 +207,13 @@ def simulation_memory(model: Path, batch: int = 1024, bodies: int = 8) -> dict[s
     """Peak memory of a learned-policy rollout of B = 1024 systems of 8 bodies."""
     code = f"""
 import torch
-from aitimestepper.bench import _systems, STEPS
+from aitimestepper.bench import _systems, BATCH_STEPS
 from aitimestepper.checkpoint import load_policy
 from aitimestepper.rollout import rollout
 state = _systems({batch}, {bodies})
 rollout(state, load_policy({str(model)!r}), torch.full(({batch},), 1e30, dtype=torch.float64),
-        energy_threshold=1.0, max_steps=STEPS)
-result = {{"batch": {batch}, "bodies": {bodies}, "steps": STEPS}}
+        energy_threshold=1.0, max_steps=BATCH_STEPS)
+result = {{"batch": {batch}, "bodies": {bodies}, "steps": BATCH_STEPS}}
 """
     return _child_peak_rss(code)
 
@@ -173,7 +223,8 @@ def run_benchmarks(params: Params, params_path: Path, model: Path, epochs: int =
     from aitimestepper.checkpoint import load_policy
 
     policy = load_policy(model)
-    throughput = simulation_throughput(policy)
+    single = single_system_rates(policy)
+    batches = batch_throughput(policy)
     return {
         "machine": {
             "python": platform.python_version(),
@@ -181,8 +232,12 @@ def run_benchmarks(params: Params, params_path: Path, model: Path, epochs: int =
             "threads": torch.get_num_threads(),
             "processor": platform.processor() or platform.machine(),
         },
-        "simulation_throughput": throughput,
-        "learned_overhead_at_b1024": max(r["learned_overhead"] for r in throughput if r["batch"] == 1024),
+        "single_system": single,
+        "batch_throughput": batches,
+        "learned_over_rebound_leapfrog_n3": next(
+            r["learned_over_rebound_leapfrog"] for r in single if r["bodies"] == 3
+        ),
+        "learned_overhead_at_b1024": max(r["learned_overhead"] for r in batches if r["batch"] == 1024),
         "replay": replay_speedup(policy, policy.params),
         "training": training_cost(params_path, epochs),
         "simulation_memory": simulation_memory(model),

@@ -327,12 +327,14 @@ def promote_command(
 @PARAMS_OPTION
 @click.option("--model", type=click.Path(path_type=Path), default=Path("models/model.pt"), show_default=True)
 @click.option("--output", type=click.Path(path_type=Path), default=Path("metrics/bench.json"), show_default=True)
+@click.option("--plot", type=click.Path(path_type=Path), default=Path("plots/bench/rates.png"), show_default=True)
 @click.option("--epochs", type=click.IntRange(2, 1000), default=4, show_default=True, help="Epochs timed for training.")
-def bench_command(params_path: Path, model: Path, output: Path, epochs: int) -> None:
-    """Throughput (learned vs fixed dt, batched vs per-sample replay) and memory benchmarks."""
+def bench_command(params_path: Path, model: Path, output: Path, plot: Path, epochs: int) -> None:
+    """Steps per second of every policy against REBOUND, batched throughput, training and memory."""
     from aitimestepper.atomic import write_json
     from aitimestepper.bench import run_benchmarks
     from aitimestepper.checkpoint import CheckpointError
+    from aitimestepper.plots import benchmark_rates
 
     params = _load(params_path)
     try:
@@ -340,9 +342,13 @@ def bench_command(params_path: Path, model: Path, output: Path, epochs: int) -> 
     except CheckpointError as error:
         raise click.UsageError(f"{error} (train first: make repro)") from None
     write_json(output, report)
+    benchmark_rates(report, plot)
+    triple = next(row for row in report["single_system"] if row["bodies"] == 3)
     click.echo(
-        f"learned-policy overhead at B=1024: {report['learned_overhead_at_b1024']:.2f}x; batched replay speed-up "
-        f"{report['replay']['speedup']:.0f}x; {report['training']['epoch_time_s']:.1f} s/epoch; peak memory "
-        f"training {report['training']['peak_rss_mib']:.0f} MiB, "
-        f"simulation {report['simulation_memory']['peak_rss_mib']:.0f} MiB -> {output}"
+        f"one 3-body system: learned {triple['learned_steps_per_s']:,.0f} steps/s, fixed dt "
+        f"{triple['fixed_steps_per_s']:,.0f}, REBOUND leapfrog {triple['rebound_leapfrog_steps_per_s']:,.0f} "
+        f"(learned at 1/{1 / triple['learned_over_rebound_leapfrog']:.0f} of it); learned-policy overhead at "
+        f"B=1024: {report['learned_overhead_at_b1024']:.2f}x; {report['training']['epoch_time_s']:.1f} s/epoch; peak "
+        f"memory training {report['training']['peak_rss_mib']:.0f} MiB, simulation "
+        f"{report['simulation_memory']['peak_rss_mib']:.0f} MiB -> {output}, {plot}"
     )

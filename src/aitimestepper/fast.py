@@ -26,7 +26,7 @@ from aitimestepper.policies import PRS23, EnergyFeedback, EnergyFreeFall, FixedS
 
 _EMPTY = np.zeros(0)
 #: what the kernel reads of a learned policy, for the other policies (one compiled signature)
-_NO_NETWORK = (_EMPTY, _EMPTY, _EMPTY, _EMPTY, np.zeros(0, dtype=np.float32), np.zeros((0, 3), dtype=np.int64))
+_NO_NETWORK = (_EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, np.zeros((0, 3), dtype=np.int64))
 _NO_NUMBERS = (0, 0, 1.0, 0.0, 0.0, 0.0)
 
 
@@ -208,8 +208,9 @@ def _kernel_policy(policy: TimeStepPolicy, batch: int, gate: np.ndarray) -> dict
         linears = [m for m in network.embed if isinstance(m, torch.nn.Linear)]
         linears += [m for m in network.head if isinstance(m, torch.nn.Linear)] + [network.skip]
         for linear in linears:
-            weight = linear.weight.detach().numpy().astype(np.float32).ravel()
-            bias = linear.bias.detach().numpy().astype(np.float32)
+            # input-major, float64 (exact copies of the float32 weights: the kernel's products are unchanged)
+            weight = linear.weight.detach().T.contiguous().numpy().astype(np.float64).ravel()
+            bias = linear.bias.detach().numpy().astype(np.float64)
             layout.append((linear.in_features, linear.out_features, offset))
             blocks += [weight, bias]
             offset += weight.size + bias.size

@@ -182,3 +182,38 @@ def dt_along_runs(curves: dict[str, dict[str, tuple]], path: Path) -> None:
         axis.set_visible(False)
     figure.suptitle("dt along one held-out run per family")
     _save(figure, Path(path))
+
+
+_RATE_STYLES = (
+    ("learned_steps_per_s", "learned", "tab:red", "o"),
+    ("controller_steps_per_s", "controller (gated)", "tab:blue", "s"),
+    ("free_fall_steps_per_s", "free-fall", "tab:green", "^"),
+    ("fixed_steps_per_s", "fixed dt", "tab:gray", "v"),
+    ("rebound_leapfrog_steps_per_s", "REBOUND leapfrog (C)", "black", "D"),
+    ("rebound_ias15_steps_per_s", "REBOUND IAS15 (C)", "tab:purple", "P"),
+)
+
+
+def benchmark_rates(report: dict, path: Path) -> None:
+    """Two panels of ``aits bench``: steps per second of one system against N for every policy
+    and REBOUND, and system-steps per second of batches against B (learned and fixed dt)."""
+    figure, (single, batched) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
+    rows = report["single_system"]
+    bodies = [row["bodies"] for row in rows]
+    for key, label, colour, marker in _RATE_STYLES:
+        single.plot(bodies, [row[key] for row in rows], marker=marker, color=colour, label=label)
+    single.set(xscale="log", yscale="log", xlabel="bodies N", ylabel="steps per second (one system)")
+    single.set_xticks(bodies, [str(n) for n in bodies])
+    single.set_title("one system")
+    single.legend(fontsize=8)
+    for count in sorted({row["bodies"] for row in report["batch_throughput"]}):
+        chosen = [row for row in report["batch_throughput"] if row["bodies"] == count]
+        sizes = [row["batch"] for row in chosen]
+        learned = [row["learned_system_steps_per_s"] for row in chosen]
+        fixed = [row["fixed_system_steps_per_s"] for row in chosen]
+        batched.plot(sizes, learned, marker="o", label=f"learned, N={count}")
+        batched.plot(sizes, fixed, marker="v", ls="--", label=f"fixed dt, N={count}")
+    batched.set(xscale="log", yscale="log", xlabel="systems B", ylabel="system-steps per second")
+    batched.set_title("batches")
+    batched.legend(fontsize=8, ncols=2)
+    _save(figure, path)

@@ -49,25 +49,35 @@ def pair_error(log_k, phi, softening, log_x):
     G (m_i + m_j) = 1. The change is summed from differences (the kinetic one from the kicks, the
     potential one from the drift's change of s**2), not taken between two energies of order 1, so
     it keeps its relative precision at small x (rounding ~1e-16 / x**2 instead of / x**3)."""
-    h = math.exp(log_x)
+    rx, vx, vy = _pair_start(log_k, phi, softening)
+    return _step_error(rx, vx, vy, softening, math.exp(log_x))
+
+
+@njit(cache=True)
+def _pair_start(log_k, phi, softening):
+    """The pair's start in its own units: r = (rx, 0), v = (vx, vy) (see :func:`pair_error`)."""
     speed = math.exp(0.5 * log_k)
-    rx, ry = math.sqrt(1.0 - softening), 0.0
-    vx, vy = speed * math.cos(phi), speed * math.sin(phi)
-    ax, ay = -rx, -ry  # s = 1 at the start
-    half_x, half_y = vx + 0.5 * h * ax, vy + 0.5 * h * ay
+    return math.sqrt(1.0 - softening), speed * math.cos(phi), speed * math.sin(phi)
+
+
+@njit(cache=True)
+def _step_error(rx, vx, vy, softening, h):
+    """:func:`pair_error` of a step h from the start (rx, 0), (vx, vy)."""
+    ax = -rx  # s = 1 at the start; ay = 0
+    half_x, half_y = vx + 0.5 * h * ax, vy
     dx, dy = h * half_x, h * half_y
-    nx, ny = rx + dx, ry + dy
+    nx, ny = rx + dx, dy
     square = nx * nx + ny * ny + softening
     distance = math.sqrt(square)
     cube = square * distance
-    kick_x, kick_y = ax - nx / cube, ay - ny / cube  # a_start + a_end
+    kick_x, kick_y = ax - nx / cube, -ny / cube  # a_start + a_end
     kinetic = 0.5 * h * (kick_x * vx + kick_y * vy) + 0.125 * h * h * (kick_x * kick_x + kick_y * kick_y)
-    potential = (2.0 * (rx * dx + ry * dy) + dx * dx + dy * dy) / (distance * (1.0 + distance))
+    potential = (2.0 * (rx * dx) + dx * dx + dy * dy) / (distance * (1.0 + distance))
     return kinetic + potential
 
 
 @njit(cache=True)
-def _terms(pairs, keep, offsets, shares, rest, threshold, x):
+def _terms(starts, softenings, keep, offsets, shares, rest, threshold, x):
     """The Kepler error of a step of exp(x) step units over the threshold, signed, and the sum of
     its terms' magnitudes: the candidates' own errors, share * f, and the leading order of the
     rest, x**3 threshold * rest."""
@@ -75,27 +85,33 @@ def _terms(pairs, keep, offsets, shares, rest, threshold, x):
     total = leftover
     magnitude = abs(leftover)
     for k in range(keep):
-        term = shares[k] * pair_error(pairs[k, 0], pairs[k, 1], pairs[k, 4], x + offsets[k])
+        h = math.exp(x + offsets[k])
+        term = shares[k] * _step_error(starts[k, 0], starts[k, 1], starts[k, 2], softenings[k], h)
         total += term
         magnitude += abs(term)
     return total / threshold, magnitude / threshold
 
 
 @njit(cache=True)
-def _error_over_threshold(pairs, keep, offsets, shares, rest, threshold, x):
+def _error_over_threshold(starts, softenings, keep, offsets, shares, rest, threshold, x):
     """|The Kepler error| of a step of exp(x) step units over the threshold."""
-    return abs(_terms(pairs, keep, offsets, shares, rest, threshold, x)[0])
+    return abs(_terms(starts, softenings, keep, offsets, shares, rest, threshold, x)[0])
 
 
 @njit(cache=True)
-def _scaled(pairs, keep, log_threshold):
-    """Each candidate's share of |E| and the offset of its own step unit (log)."""
+def _prepared(pairs, keep, log_threshold):
+    """Per candidate: its start in its own units (rx, vx, vy), its softening, its share of |E| and
+    the offset of its own step unit (log): what every trial step reads."""
+    starts = np.empty((keep, 3))
+    softenings = np.empty(keep)
     shares = np.empty(keep)
     offsets = np.empty(keep)
     for k in range(keep):
+        starts[k, 0], starts[k, 1], starts[k, 2] = _pair_start(pairs[k, 0], pairs[k, 1], pairs[k, 4])
+        softenings[k] = pairs[k, 4]
         shares[k] = math.exp(pairs[k, 3])
         offsets[k] = log_threshold / 3.0 - pairs[k, 2]
-    return shares, offsets
+    return starts, softenings, shares, offsets
 
 
 @njit(cache=True)
@@ -120,20 +136,20 @@ def kepler_step(pairs, keep, rest, log_threshold):
     Returns:
         (log x, cancellation) floats.
     """
-    shares, offsets = _scaled(pairs, keep, log_threshold)
+    starts, softenings, shares, offsets = _prepared(pairs, keep, log_threshold)
     threshold = math.exp(log_threshold)
-    step = _first_crossing(pairs, keep, offsets, shares, rest, threshold)
-    total, magnitude = _terms(pairs, keep, offsets, shares, rest, threshold, step)
+    step = _first_crossing(starts, softenings, keep, offsets, shares, rest, threshold)
+    total, magnitude = _terms(starts, softenings, keep, offsets, shares, rest, threshold, step)
     return step, min(abs(total) / max(magnitude, TINY), 1.0)
 
 
 @njit(cache=True)
-def _first_crossing(pairs, keep, offsets, shares, rest, threshold):
+def _first_crossing(starts, softenings, keep, offsets, shares, rest, threshold):
     spacing = 2.0 * STEP_CLIP / (KEPLER_POINTS - 1)
     start = STEP_CLIP  # no point comes near the threshold: no crossing
     for g in range(KEPLER_POINTS):
         x = -STEP_CLIP + g * spacing
-        ratio = _error_over_threshold(pairs, keep, offsets, shares, rest, threshold, x)
+        ratio = _error_over_threshold(starts, softenings, keep, offsets, shares, rest, threshold, x)
         if ratio >= NEAR_LEVEL:
             if g == 0 and ratio >= 1.0:
                 return -STEP_CLIP
@@ -143,11 +159,11 @@ def _first_crossing(pairs, keep, offsets, shares, rest, threshold):
     steps = int(round((STEP_CLIP - start) / fine))
     for q in range(1, steps + 1):
         hi = start + q * fine
-        if _error_over_threshold(pairs, keep, offsets, shares, rest, threshold, hi) >= 1.0:
+        if _error_over_threshold(starts, softenings, keep, offsets, shares, rest, threshold, hi) >= 1.0:
             lo = hi - fine
             for _ in range(KEPLER_BISECTIONS):
                 middle = 0.5 * (lo + hi)
-                if _error_over_threshold(pairs, keep, offsets, shares, rest, threshold, middle) >= 1.0:
+                if _error_over_threshold(starts, softenings, keep, offsets, shares, rest, threshold, middle) >= 1.0:
                     hi = middle
                 else:
                     lo = middle

@@ -2,8 +2,9 @@
 the network of :class:`aitimestepper.model.PairNet`, operation by operation; the context's Kepler
 step is :func:`aitimestepper.kernels.kepler.kepler_step` itself, as on the torch path.
 
-The network's layers arrive as one flat float32 array of weights and a (L, 3) int64 layout
-(inputs, outputs, offset of the row-major weight matrix; its bias follows it): the embedding
+The network's layers arrive as one flat float64 array of weights (exact copies of the float32
+weights) and a (L, 3) int64 layout (inputs, outputs, offset of the weight matrix stored
+input-major, (in, out); its bias follows it): the embedding
 layers first, then the head's two, then the linear path from the inputs. Layers compute in
 float32 (products summed in float64, then rounded: within round-off of torch's float32 matrix
 products) with tanh activations.
@@ -56,18 +57,25 @@ def _standardized(value, mean, scale):
 
 @njit(cache=True)
 def _dense(weights, layout, layer, inputs, activate):
-    """One layer on a (K, in) float32 batch: (K, out) float32."""
+    """One layer on a (K, in) float32 batch: (K, out) float32. Each output sums bias + w_0 x_0 +
+    w_1 x_1 + ... in float64, in that order; the loop over outputs is innermost (the weights are
+    stored input-major, as float64: exact copies of the float32 weights), so the outputs
+    accumulate side by side in vector registers instead of in one chain of dependent additions."""
     size_in, size_out, offset = layout[layer, 0], layout[layer, 1], layout[layer, 2]
     bias = offset + size_in * size_out
+    matrix = weights[offset:bias].reshape(size_in, size_out)
     out = np.empty((inputs.shape[0], size_out), dtype=np.float32)
+    totals = np.empty(size_out)
     for k in range(inputs.shape[0]):
         for o in range(size_out):
-            total = np.float64(weights[bias + o])
-            row = offset + o * size_in
-            for i in range(size_in):
-                total += np.float64(weights[row + i]) * np.float64(inputs[k, i])
-            value = np.float32(total)
-            out[k, o] = np.tanh(value) if activate else value
+            totals[o] = weights[bias + o]
+        for i in range(size_in):
+            value = np.float64(inputs[k, i])
+            for o in range(size_out):
+                totals[o] += matrix[i, o] * value
+        for o in range(size_out):
+            result = np.float32(totals[o])
+            out[k, o] = np.tanh(result) if activate else result
     return out
 
 
