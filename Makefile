@@ -61,7 +61,7 @@ simulate: setup ## Simulate with MODEL (ICS=your_systems.json); metrics, traject
 	MLFLOW_TRACKING_URI="$(STORE)" $(BIN)/aits simulate --model $(MODEL) $(if $(ICS),--ics $(ICS)) \
 		--output $(OUT)/metrics.json --trajectory $(OUT)/trajectory.npz --plots-dir $(OUT)/plots
 
-bench: setup ## Throughput and memory benchmarks -> metrics/bench.json
+bench: setup ## Steps/s of every policy against REBOUND, batch throughput, memory -> metrics/bench.json, plots/bench/rates.png
 	$(BIN)/aits bench --output metrics/bench.json
 
 clean: ## Remove caches and the virtual environment (keeps models/, metrics/, mlflow.db)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -129,3 +130,20 @@ def test_energy_threshold_outside_zero_one_exits_2_and_writes_nothing(tmp_path):
     assert done.returncode == 2
     assert "--energy-threshold must be in (0, 1), got 1.5" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_torch_threads_that_would_change_the_bits_are_refused(tmp_path):
+    """With portable numerics torch runs on one thread (oneMKL's vendor-neutral path is
+    reproducible at a fixed thread count only): other counts are refused, naming both settings."""
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    environment = {**os.environ, "AITS_NUM_THREADS": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", "aitimestepper", "params"], cwd=tmp_path, env=environment, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "AITS_NUM_THREADS=2 needs AITS_PORTABLE_NUMERICS=false" in done.stderr
+    environment["AITS_PORTABLE_NUMERICS"] = "false"
+    done = subprocess.run(
+        [sys.executable, "-m", "aitimestepper", "params"], cwd=tmp_path, env=environment, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr

@@ -5,9 +5,9 @@ The caps emulate other CPUs on this one: oneMKL limited to AVX2 (an Intel machin
 AVX-512 takes that path), oneDNN limited to AVX2, torch's own kernels at their default (scalar)
 level, oneMKL's Intel-only AVX2 reproducibility path asked for (on an Intel CPU it is taken, on
 an AMD one oneMKL falls back to its own choice: either way not the path of the pin). The project
-pins torch's and oneMKL's kernels (:data:`aitimestepper.runtime.PORTABLE_NUMERICS`), so none of
-that may change a bit; without the pin the same caps do change the weights (the control below:
-the caps bite). A real second vendor is checked by `make repro-check` on it.
+pins torch's and oneMKL's kernels (:data:`aitimestepper.runtime.PORTABLE_NUMERICS`) and runs torch
+on one thread, so none of that may change a bit; without the pin the same caps (and two torch
+threads) do change the weights (the control below: the caps bite). A real second vendor is checked by `make repro-check` on it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 ONE_THREAD = {"AITS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 CAPPED = {
-    "AITS_NUM_THREADS": "2",
     "OMP_NUM_THREADS": "2",
     "NUMBA_NUM_THREADS": "2",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
@@ -44,7 +43,9 @@ CAPPED = {
 
 def aits(*args: str, cwd: Path, environment: dict[str, str]) -> None:
     """Run ``aits`` in a fresh interpreter with ``environment`` on top of a cleaned one."""
-    inherited = {key: value for key, value in os.environ.items() if key not in {*CAPPED, "AITS_PORTABLE_NUMERICS"}}
+    inherited = {
+        key: value for key, value in os.environ.items() if key not in {*CAPPED, *ONE_THREAD, "AITS_PORTABLE_NUMERICS"}
+    }
     done = subprocess.run(
         [sys.executable, "-m", "aitimestepper", *args],
         cwd=cwd,
@@ -78,7 +79,9 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     return {
         "one_thread": train_in(root, "one_thread", ONE_THREAD),
         "capped": train_in(root, "capped", CAPPED),
-        "capped_unpinned": train_in(root, "capped_unpinned", {**CAPPED, "AITS_PORTABLE_NUMERICS": "false"}),
+        "capped_unpinned": train_in(
+            root, "capped_unpinned", {**CAPPED, "AITS_NUM_THREADS": "2", "AITS_PORTABLE_NUMERICS": "false"}
+        ),
     }
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from aitimestepper.config import DEFAULT_PARAMS_FILE, Params, ParamsError, load_params
@@ -41,7 +42,12 @@ def _load(params_path: Path) -> Params:
 def main(verbose: bool) -> None:
     """aitimestepper: a learned time-stepper for gravitational N-body simulation."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    Runtime().apply()
+    try:
+        runtime = Runtime()
+    except ValidationError as error:
+        messages = (problem["msg"].removeprefix("Value error, ") for problem in error.errors())
+        raise click.UsageError("; ".join(messages)) from None
+    runtime.apply()
 
 
 @main.command("params")

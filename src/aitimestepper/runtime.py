@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: What pins the arithmetic of torch's and oneMKL's CPU kernels, so that the same inputs give
@@ -30,7 +30,7 @@ PORTABLE_NUMERICS = {
 class Runtime(BaseSettings):
     """Machine-specific settings, read from ``AITS_*`` environment variables.
 
-    Example: ``AITS_NUM_THREADS=2 aits simulate``.
+    Example: ``AITS_PORTABLE_NUMERICS=false AITS_NUM_THREADS=2 aits simulate``.
     """
 
     model_config = SettingsConfigDict(env_prefix="AITS_", extra="ignore")
@@ -38,9 +38,12 @@ class Runtime(BaseSettings):
     num_threads: int = Field(
         1,
         ge=0,
-        description="torch intra-op threads; 0 keeps torch's default. The default 1: the project's tensors are "
-        "small, and on a busy 2-core machine 2 threads made float32 layers 400x slower (measured). Compiled "
-        "rollouts run in parallel over systems on numba's threads (NUMBA_NUM_THREADS).",
+        description="torch intra-op threads; 0 keeps torch's default; other than 1 only with portable_numerics "
+        "false (oneMKL's vendor-neutral path gives the same bits at a fixed thread count only; measured: a "
+        "90-system torch-path simulation gave other bits at 2 threads than at 1). The default 1: the project's "
+        "tensors are small, and on a busy 2-core machine 2 threads made float32 layers 400x slower (measured). "
+        "Compiled rollouts run in parallel over systems on numba's threads (NUMBA_NUM_THREADS), which change no "
+        "bit.",
     )
     portable_numerics: bool = Field(
         True,
@@ -48,6 +51,16 @@ class Runtime(BaseSettings):
         "(PORTABLE_NUMERICS), so that training and simulation give the same bits on every x86-64 CPU with AVX2 "
         "and FMA; false leaves the kernels to each library's choice (faster, other bits on other CPUs).",
     )
+
+    @model_validator(mode="after")
+    def _threads_keep_the_bits(self) -> Runtime:
+        if self.portable_numerics and self.num_threads != 1:
+            raise ValueError(
+                f"AITS_NUM_THREADS={self.num_threads} needs AITS_PORTABLE_NUMERICS=false: with portable numerics "
+                "torch runs on one thread (oneMKL's vendor-neutral path gives the same bits at one fixed thread "
+                "count only); parallel rollouts use NUMBA_NUM_THREADS"
+            )
+        return self
 
     def apply(self) -> None:
         """Configure torch for this process. Call it before the first torch operation: the
