@@ -29,40 +29,59 @@ def square_distance(positions, i, j, eps):
 
 @njit(cache=True)
 def accelerations(positions, masses, eps, out):
-    """Fill ``out`` (N, D) with a_i = sum_j m_j (x_j - x_i) / (r**2 + eps**2)**1.5."""
+    """Fill ``out`` (N, D) with a_i = sum_j m_j (x_j - x_i) / (r**2 + eps**2)**1.5 and return the
+    potential energy sum_{i<j} m_i m_j / (r**2 + eps**2)**0.5.
+
+    One pass over the pairs (i < j, i outer) serves both bodies of a pair and the potential, with
+    one square root per pair: body i still receives its terms in the order j = 0, 1, ..., each
+    computed as in a loop over j, so the sums are those of that loop, bit for bit."""
     count, dim = positions.shape
     for i in range(count):
         for d in range(dim):
             out[i, d] = 0.0
-        for j in range(count):
-            if j == i:
-                continue
+    potential = 0.0
+    for i in range(count):
+        for j in range(i + 1, count):
             square = square_distance(positions, i, j, eps)
-            weight = masses[j] * (1.0 / (square * math.sqrt(square)))
+            root = math.sqrt(square)
+            inverse_cube = 1.0 / (square * root)
+            on_i, on_j = masses[j] * inverse_cube, masses[i] * inverse_cube
             for d in range(dim):
-                out[i, d] += weight * (positions[j, d] - positions[i, d])
+                out[i, d] += on_i * (positions[j, d] - positions[i, d])
+                out[j, d] += on_j * (positions[i, d] - positions[j, d])
+            potential += masses[i] * masses[j] * (1.0 / root)
+    return potential
 
 
 @njit(cache=True)
-def energy(positions, velocities, masses, eps):
-    """Kinetic plus potential energy."""
-    count, dim = positions.shape
+def kinetic_energy(velocities, masses):
+    """sum_i m_i |v_i|**2 / 2."""
+    count, dim = velocities.shape
     kinetic = 0.0
     for i in range(count):
         speed = 0.0
         for d in range(dim):
             speed += velocities[i, d] * velocities[i, d]
         kinetic += masses[i] * speed
+    return 0.5 * kinetic
+
+
+@njit(cache=True)
+def energy(positions, velocities, masses, eps):
+    """Kinetic plus potential energy."""
+    count = positions.shape[0]
     potential = 0.0
     for i in range(count):
         for j in range(i + 1, count):
             potential += masses[i] * masses[j] * (1.0 / math.sqrt(square_distance(positions, i, j, eps)))
-    return 0.5 * kinetic - potential
+    return kinetic_energy(velocities, masses) - potential
 
 
 @njit(cache=True)
 def leapfrog(positions, velocities, acc, masses, eps, dt, new_positions, new_velocities, new_acc):
-    """One kick-drift-kick step into the ``new_*`` arrays (the inputs are left unchanged)."""
+    """One kick-drift-kick step into the ``new_*`` arrays (the inputs are left unchanged); returns
+    the energy after it (:func:`energy` of the new state, bit for bit, from the same pass over the
+    pairs as the new accelerations)."""
     count, dim = positions.shape
     half = 0.5 * dt
     for i in range(count):
@@ -70,10 +89,11 @@ def leapfrog(positions, velocities, acc, masses, eps, dt, new_positions, new_vel
             kicked = velocities[i, d] + half * acc[i, d]
             new_velocities[i, d] = kicked
             new_positions[i, d] = positions[i, d] + dt * kicked
-    accelerations(new_positions, masses, eps, new_acc)
+    potential = accelerations(new_positions, masses, eps, new_acc)
     for i in range(count):
         for d in range(dim):
             new_velocities[i, d] = new_velocities[i, d] + half * new_acc[i, d]
+    return kinetic_energy(new_velocities, masses) - potential
 
 
 @njit(cache=True)

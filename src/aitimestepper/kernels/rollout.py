@@ -47,8 +47,7 @@ FLOAT_STATS = (
 
 @njit(cache=True)
 def _passes(positions, velocities, acc, masses, eps, dt, before, threshold, x1, v1, a1):
-    leapfrog(positions, velocities, acc, masses, eps, dt, x1, v1, a1)
-    return relative_error(before, energy(x1, v1, masses, eps)) <= threshold
+    return relative_error(before, leapfrog(positions, velocities, acc, masses, eps, dt, x1, v1, a1)) <= threshold
 
 
 @njit(cache=True)
@@ -154,8 +153,7 @@ def rollout_kernel(
             if shadowed:
                 reference = _oracle(x, v, a, m, eps, e, shadow_threshold, shadow_grid, shadow_bisections, x1, v1, a1)
             dt = min(proposed, end_time[b] - t)
-            leapfrog(x, v, a, m, eps, dt, x1, v1, a1)
-            e1 = energy(x1, v1, m, eps)
+            e1 = leapfrog(x, v, a, m, eps, dt, x1, v1, a1)
             error = relative_error(e, e1)
             evaluations += 1 + extra_evaluations
             if gated:
@@ -163,8 +161,7 @@ def rollout_kernel(
                     if error <= thr and all_finite(x1) and all_finite(v1) and all_finite(a1):
                         break
                     dt = dt * GATE_SHRINK
-                    leapfrog(x, v, a, m, eps, dt, x1, v1, a1)
-                    e1 = energy(x1, v1, m, eps)
+                    e1 = leapfrog(x, v, a, m, eps, dt, x1, v1, a1)
                     error = relative_error(e, e1)
                     evaluations += 1
             if not (all_finite(x1) and all_finite(v1) and all_finite(a1) and math.isfinite(e1)):
