@@ -7,7 +7,8 @@ level, oneMKL's Intel-only AVX2 reproducibility path asked for (on an Intel CPU 
 an AMD one oneMKL falls back to its own choice: either way not the path of the pin). The project
 pins torch's and oneMKL's kernels (:data:`aitimestepper.runtime.PORTABLE_NUMERICS`) and runs torch
 on one thread, so none of that may change a bit; without the pin the same caps (and two torch
-threads) do change the weights (the control below: the caps bite). A real second vendor is checked by `make repro-check` on it.
+threads) do change the weights (the control below: the caps bite). A real second vendor is
+checked by `make repro-check` on it.
 """
 
 from __future__ import annotations
