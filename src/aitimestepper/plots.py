@@ -204,15 +204,17 @@ def benchmark_rates(report: dict, path: Path) -> None:
         single.plot(bodies, [row[key] for row in rows], marker=marker, color=colour, label=label)
     single.set(xscale="log", yscale="log", xlabel="bodies N", ylabel="steps per second (one system)")
     single.set_xticks(bodies, [str(n) for n in bodies])
+    single.set_xticks([], minor=True)
     single.set_title("one system")
     single.legend(fontsize=8)
-    for count in sorted({row["bodies"] for row in report["batch_throughput"]}):
+    counts = sorted({row["bodies"] for row in report["batch_throughput"]})
+    for count, colour in zip(counts, ("tab:blue", "tab:orange", "tab:green", "tab:brown"), strict=False):
         chosen = [row for row in report["batch_throughput"] if row["bodies"] == count]
         sizes = [row["batch"] for row in chosen]
         learned = [row["learned_system_steps_per_s"] for row in chosen]
         fixed = [row["fixed_system_steps_per_s"] for row in chosen]
-        batched.plot(sizes, learned, marker="o", label=f"learned, N={count}")
-        batched.plot(sizes, fixed, marker="v", ls="--", label=f"fixed dt, N={count}")
+        batched.plot(sizes, learned, marker="o", color=colour, label=f"learned, N={count}")
+        batched.plot(sizes, fixed, marker="v", ls="--", color=colour, label=f"fixed dt, N={count}")
     batched.set(xscale="log", yscale="log", xlabel="systems B", ylabel="system-steps per second")
     batched.set_title("batches")
     batched.legend(fontsize=8, ncols=2)
