@@ -19,8 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: read by torch and oneMKL at their first use, not at import.
 PORTABLE_NUMERICS = {
     # oneMKL's conditional numerical reproducibility, on its COMPATIBLE path (SSE2 without the
-    # approximate rcpps/rsqrtps), strict: the same bits whatever the CPU's vendor, the data's
-    # alignment or the threads; training costs about 2% more than with the AVX2 path here
+    # approximate rcpps/rsqrtps): the same bits whatever the CPU's vendor or the data's alignment,
+    # at a fixed thread count (STRICT, thread-count-proof, covers the Intel-only paths alone: hence
+    # torch on one thread, see Runtime); training costs about 2% more than with the AVX2 path here
     "MKL_CBWR": "COMPATIBLE,STRICT",
     # torch's own vectorised kernels (tanh, exp, reductions): the AVX2 versions
     "ATEN_CPU_CAPABILITY": "avx2",
