@@ -18,7 +18,7 @@ from aitimestepper.features import context_dim, look
 from aitimestepper.model import LearnedPolicy, build_network
 from aitimestepper.physics.state import State
 from aitimestepper.policies import PRS23, EnergyFeedback, EnergyFreeFall, FixedStep, FreeFall, Oracle
-from aitimestepper.rollout import Rollout, rollout
+from aitimestepper.rollout import Rollout, Trajectory, rollout
 from aitimestepper.systems.families import SystemSet, binaries, draw, group_by_size
 from systems import binary
 from training_params import tiny_params
@@ -198,6 +198,21 @@ def assert_same_run(
         expected, actual = getattr(reference, field), getattr(compiled, field)
         assert torch.allclose(expected, actual, rtol=3 * dt_rtol, atol=1e-9), f"{field} differ on {where}"
     assert torch.allclose(reference.proposed_dt_min, compiled.proposed_dt_min, rtol=dt_rtol, atol=0), where
+    if reference.trajectory is not None:
+        assert_same_trajectory(reference.trajectory, compiled.trajectory, dt_rtol, positions_rtol)
+
+
+def assert_same_trajectory(reference: Trajectory, compiled: Trajectory, dt_rtol: float, positions_rtol: float) -> None:
+    """The same rows (a system's steps, then its last state repeated with dt 0), equal to round-off."""
+    assert reference.positions.shape == compiled.positions.shape
+    assert torch.equal(reference.dt == 0, compiled.dt == 0)
+    # a last step lands on the end time: end - t, of the times' absolute round-off
+    times = reference.time.abs().max() * max(dt_rtol, 1e-12)
+    assert torch.allclose(reference.dt, compiled.dt, rtol=dt_rtol, atol=times)
+    assert torch.allclose(reference.time, compiled.time, rtol=0, atol=times)
+    assert torch.allclose(reference.energy_error, compiled.energy_error, rtol=3 * dt_rtol, atol=1e-12)
+    scale = reference.positions.abs().amax()
+    assert (reference.positions - compiled.positions).abs().max() <= positions_rtol * scale
 
 
 @pytest.mark.parametrize("name", POLICIES)
@@ -224,6 +239,7 @@ def test_compiled_rollout_equals_the_torch_reference(name, batches, learned):
             energy_threshold=THRESHOLD,
             max_steps=LEARNED_FEEDBACK_STEPS if feedback else MAX_STEPS,
             gated=gated,
+            record=True,
         )
         assert not reference.failed.any() and (reference.steps > 0).all()
         if gated:
@@ -335,7 +351,7 @@ def test_per_system_caps_and_thresholds_are_honoured_alike(name, learned):
         policy, gated, aimed = FreeFall(0.08), True, lambda threshold: FreeFall(0.08)
     end = group.time_scale
     options = {"max_steps": 3_000, "gated": gated, "step_caps": caps}
-    reference, compiled = both_engines(group.state, policy, end, energy_threshold=thresholds, **options)
+    reference, compiled = both_engines(group.state, policy, end, energy_threshold=thresholds, record=True, **options)
     assert_same_run(reference, compiled, group.labels, LEARNED_DT_RTOL, LEARNED_POSITIONS_RTOL)
     assert reference.steps.tolist()[1::2] == [7, 40]  # the caps stopped these two early
     assert reference.reached_end.tolist() == [True, False, True, False]
@@ -374,8 +390,10 @@ def test_a_system_that_breaks_is_flagged_failed_by_both_engines(gated):
     state = State.from_arrays(positions, velocities, torch.full((2, 2), 0.5, dtype=torch.float64))
     end = torch.tensor([1e11, 2.0 * math.pi], dtype=torch.float64)
     reference, compiled = both_engines(
-        state, FixedStep(1e10), end, energy_threshold=THRESHOLD, max_steps=1_000, gated=gated
+        state, FixedStep(1e10), end, energy_threshold=THRESHOLD, max_steps=1_000, gated=gated, record=True
     )
+    assert_same_trajectory(reference.trajectory, compiled.trajectory, 1e-12, 1e-12)
+    assert (reference.trajectory.dt[:, 0] == 0).all()  # the broken system's try is a row, with dt 0
     for result in (reference, compiled):
         assert result.failed.tolist() == [True, False]
         assert result.reached_end.tolist() == [False, True]

@@ -6,11 +6,13 @@ learned policy with tanh layers); where it has one, the twin is the faster path 
 size measured (the learned policy: 1.2-20x faster than torch's batched matrix products from 16
 to 32768 network rows per step, N = 2 to 32); :func:`fast_rollout` runs it and returns the same
 :class:`aitimestepper.rollout.Rollout` as the torch path, whose results it matches to round-off
-(tests compare them on every family). Trajectories are recorded by the torch path only.
+(tests compare them on every family). It records trajectories too, up to
+``RECORD_BUDGET_BYTES`` of them (:func:`record_fits`; the torch path records any length).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -28,6 +30,8 @@ _EMPTY = np.zeros(0)
 #: what the kernel reads of a learned policy, for the other policies (one compiled signature)
 _NO_NETWORK = (_EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, np.zeros((0, 3), dtype=np.int64))
 _NO_NUMBERS = (0, 0, 1.0, 0.0, 0.0, 0.0)
+#: the compiled path records a trajectory if its arrays, sized for every possible step, fit in this
+RECORD_BUDGET_BYTES = 512 * 2**20
 
 
 #: the modules whose code or constants the compiled kernels are built from
@@ -35,6 +39,7 @@ _KERNEL_SOURCES = (
     "kernels/physics.py",
     "kernels/kepler.py",
     "kernels/learned.py",
+    "kernels/oracle.py",
     "kernels/rollout.py",
     "features.py",
     "model.py",
@@ -62,6 +67,28 @@ def _kernels():
     return rollout
 
 
+def kernel_threads() -> int:
+    """The threads compiled rollouts run on (``NUMBA_NUM_THREADS``)."""
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
+
+
+@contextlib.contextmanager
+def single_threaded_kernels():
+    """Compiled rollouts of the calling thread run on one thread: for callers that run several
+    rollouts side by side on threads of their own (numba's thread count is per calling thread;
+    the rollout kernel releases the GIL). Results are the same on any number of threads."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 def supports(policy: TimeStepPolicy) -> bool:
     """Whether ``policy`` has a compiled twin."""
     from aitimestepper.model import LearnedPolicy
@@ -69,6 +96,13 @@ def supports(policy: TimeStepPolicy) -> bool:
     if isinstance(policy, LearnedPolicy):
         return policy.params.model.activation == "tanh"
     return type(policy) in (FixedStep, FreeFall, EnergyFreeFall, PRS23, EnergyFeedback, Oracle)
+
+
+def record_fits(state: State, max_steps: int) -> bool:
+    """Whether the compiled path can record a trajectory of ``max_steps`` steps of ``state``
+    (B, N, D): time, step, energy error and positions per step, within ``RECORD_BUDGET_BYTES``."""
+    per_row = state.batch_size * (3 + state.num_bodies * state.dim) * 8
+    return (max_steps + 1) * per_row <= RECORD_BUDGET_BYTES
 
 
 def fast_rollout(
@@ -81,8 +115,10 @@ def fast_rollout(
     step_caps: Tensor | None = None,
     gated: bool = False,
     shadow: Oracle | None = None,
+    record: bool = False,
 ):
-    """:func:`aitimestepper.rollout.rollout` in compiled code (no trajectory, no progress calls)."""
+    """:func:`aitimestepper.rollout.rollout` in compiled code (no progress calls); ``record``:
+    keep its :class:`aitimestepper.rollout.Trajectory` (see :func:`record_fits`)."""
     from aitimestepper.rollout import Rollout
 
     kernels = _kernels()
@@ -96,6 +132,13 @@ def fast_rollout(
     spec = _kernel_policy(policy, batch, gate)
     int_stats = np.zeros((batch, 4), dtype=np.int64)
     float_stats = np.zeros((batch, len(kernels.FLOAT_STATS)))
+    rows = min(int(caps.max(initial=0)), int(max_steps)) + 1 if record else 0
+    records = (
+        np.zeros((batch, rows)),
+        np.zeros((batch, rows)),
+        np.zeros((batch, rows)),
+        np.zeros((batch, rows, state.num_bodies, state.dim)),
+    )
     kernels.rollout_kernel(
         positions,
         velocities,
@@ -121,6 +164,7 @@ def fast_rollout(
         shadow.energy_threshold if shadow is not None else 1.0,
         int_stats,
         float_stats,
+        *records,
     )
     final = State(
         positions=torch.from_numpy(positions),
@@ -150,7 +194,32 @@ def fast_rollout(
         failed=torch.from_numpy(int_stats[:, 3].copy()).bool(),
         momentum_drift=(final.momentum() - state.momentum()).norm(dim=-1),
         angular_momentum_drift=(final.angular_momentum() - state.angular_momentum()).reshape(batch, -1).norm(dim=-1),
+        trajectory=_trajectory(records, int_stats[:, 0], int_stats[:, 3]) if record else None,
     )
+
+
+def _trajectory(records: tuple[np.ndarray, ...], steps: np.ndarray, failed: np.ndarray):
+    """The kernel's records (B, T, ...) as the torch path's :class:`aitimestepper.rollout.Trajectory`
+    (T, B, ...): as long as the longest run's steps (and the failing try of a failed system) + 1,
+    each system repeating its last row with dt 0 after its own run."""
+    from aitimestepper.rollout import Trajectory
+
+    length = int((steps + failed).max(initial=0)) + 1
+    rows = np.arange(length)[None, :]
+    index = np.minimum(rows, steps[:, None])  # (B, T): the system's row, held at its last step
+    moved = rows <= steps[:, None]
+    time, dt, error, positions = (np.take_along_axis(values, _expand(index, values), axis=1) for values in records)
+    dt = np.where(moved, dt, 0.0)
+    return Trajectory(
+        time=torch.from_numpy(np.ascontiguousarray(time.T)),
+        dt=torch.from_numpy(np.ascontiguousarray(dt.T)),
+        energy_error=torch.from_numpy(np.ascontiguousarray(error.T)),
+        positions=torch.from_numpy(np.ascontiguousarray(positions.transpose(1, 0, 2, 3))),
+    )
+
+
+def _expand(index: np.ndarray, values: np.ndarray) -> np.ndarray:
+    return index.reshape(index.shape + (1,) * (values.ndim - 2))
 
 
 def _per_system(value: float | Tensor, batch: int) -> np.ndarray:

@@ -118,8 +118,9 @@ def rollout(
         progress: optional callable ``progress(steps_done)`` called once per step (the compiled
             path calls it once, at the end, with the steps of the longest run).
         engine: ``torch`` (the reference), ``compiled`` (:mod:`aitimestepper.fast`), or ``auto``:
-            compiled whenever no trajectory is recorded and the policy has a compiled twin
-            (:func:`aitimestepper.fast.supports`: the faster path at every batch size measured).
+            compiled whenever the policy has a compiled twin (:func:`aitimestepper.fast.supports`:
+            the faster path at every batch size measured) and a trajectory asked for fits its
+            budget (:func:`aitimestepper.fast.record_fits`).
         shadow: a greedy oracle that searches its step at every state the run passes through,
             without taking it (its trial steps are not counted as the run's force evaluations):
             ``Rollout.oracle_steps`` is then the oracle's cost over the same path. On chaotic
@@ -129,7 +130,9 @@ def rollout(
     if engine not in ("auto", "torch", "compiled"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'compiled', got {engine!r}")
     caps = torch.full((state.batch_size,), max_steps) if step_caps is None else step_caps.clamp_max(max_steps)
-    if engine == "compiled" or (engine == "auto" and not record and fast.supports(policy)):
+    if engine == "compiled" or (
+        engine == "auto" and fast.supports(policy) and (not record or fast.record_fits(state, int(caps.max())))
+    ):
         result = fast.fast_rollout(
             state,
             policy,
@@ -139,6 +142,7 @@ def rollout(
             step_caps=step_caps,
             gated=gated,
             shadow=shadow,
+            record=record,
         )
         if progress is not None:
             progress(int(result.steps.max()))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from aitimestepper.config import Params
 from aitimestepper.evaluation.runs import run_family
 from aitimestepper.evaluation.suite import Family, scaled_family, suite, tuning_family
 from aitimestepper.evaluation.tuning import tuned_values
+from aitimestepper.fast import kernel_threads, single_threaded_kernels
 from aitimestepper.model import LearnedPolicy
 from aitimestepper.policies import (
     PRS23,
@@ -72,10 +74,9 @@ def evaluate_family(params: Params, source: str, family: Family, threshold: floa
     run but its own and fixed dt's), summarise."""
     learned = _load_learned(source)
     tuned = tuned_values(params, tuning_family(params, family), threshold)
-    results: dict[str, list[dict[str, Any]]] = {}
-    passes: dict[str, int] = {}
-    for name, (policy, gated) in contenders(learned, threshold, tuned).items():
-        results[name] = run_family(
+    chosen = contenders(learned, threshold, tuned)
+    results = {
+        name: run_family(
             family,
             policy,
             energy_threshold=threshold,
@@ -83,7 +84,9 @@ def evaluate_family(params: Params, source: str, family: Family, threshold: floa
             max_steps=params.simulation.max_steps,
             shadowed=name not in UNSHADOWED,
         )
-        passes[name] = pairwise_passes_per_step(policy)
+        for name, (policy, gated) in chosen.items()
+    }
+    passes = {name: pairwise_passes_per_step(policy) for name, (policy, _) in chosen.items()}
     return {**family_report(results), "tuned": tuned, "pairwise_passes_per_step": passes}
 
 
@@ -252,18 +255,23 @@ def evaluate(params: Params, source: str, progress: Callable[[str], None] | None
         "pass_target": PASS_TARGET,
         "thresholds": {f"{t:g}": {"families": {}, "scale_transfer": {}} for t in levels},
     }
-    for family, threshold in jobs:
-        level = f"{threshold:g}"
-        result = evaluate_family(params, source, family, threshold)
-        result["targets"] = targets(family.name, result)
-        report["thresholds"][level]["families"][family.name] = result
-        if progress is not None:
-            progress(f"{level} {family.name}")
-    for threshold in levels:
-        for family in scaled:
-            report["thresholds"][f"{threshold:g}"]["scale_transfer"][family.name] = scale_transfer(
-                params, source, family, threshold
-            )
+
+    # every (family, threshold) is its own deterministic job: they run side by side, one kernel
+    # thread each, the costliest first (a family's groups alone leave threads idle: one 32-body
+    # cluster per group); results are filed in the suite's order
+    transfers = [(family, threshold) for threshold in levels for family in scaled]
+    with ThreadPoolExecutor(max_workers=kernel_threads()) as pool:
+        evaluated = _side_by_side(pool, evaluate_family, params, source, jobs)
+        transferred = _side_by_side(pool, scale_transfer, params, source, transfers)
+        for (family, threshold), future in zip(jobs, evaluated, strict=True):
+            level = f"{threshold:g}"
+            result = future.result()
+            result["targets"] = targets(family.name, result)
+            report["thresholds"][level]["families"][family.name] = result
+            if progress is not None:
+                progress(f"{level} {family.name}")
+        for (family, threshold), future in zip(transfers, transferred, strict=True):
+            report["thresholds"][f"{threshold:g}"]["scale_transfer"][family.name] = future.result()
     report["summary"] = summary_table(report)
     report["headline"] = headline(report)
     return report
@@ -291,6 +299,27 @@ def summary_table(report: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
+def _side_by_side(
+    pool: ThreadPoolExecutor, work: Callable[..., Any], params: Params, source: str, jobs: list[tuple[Family, float]]
+) -> list[Future]:
+    """``work(params, source, family, threshold)`` of every job on ``pool``, one kernel thread each,
+    submitted costliest first (by :func:`_pair_work`); the futures in the jobs' order."""
+
+    def run(job: tuple[Family, float]) -> Any:
+        with single_threaded_kernels():
+            return work(params, source, *job)
+
+    futures: dict[int, Future] = {}
+    for index in sorted(range(len(jobs)), key=lambda k: -_pair_work(jobs[k][0])):
+        futures[index] = pool.submit(run, jobs[index])
+    return [futures[index] for index in range(len(jobs))]
+
+
+def _pair_work(family: Family) -> float:
+    """A family's pairs times time scales: what its runs cost, roughly."""
+    return family.duration * sum(group.state.batch_size * group.state.num_bodies**2 for group in family.groups)
+
+
 def headline(report: dict[str, Any]) -> dict[str, float]:
     """The numbers that decide promotion, at the trained threshold: the worst family's pass rate
     of the learned (ungated) policy and the geometric mean over families of its median cost
@@ -305,7 +334,7 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
     }
 
 
-#: the dt-along-a-run plot records (on the torch path) at most this many time scales and steps
+#: the dt-along-a-run plot records at most this many time scales and steps
 CURVE_TIME_SCALES, CURVE_MAX_STEPS = 2.0, 3_000
 
 

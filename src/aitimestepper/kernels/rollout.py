@@ -16,6 +16,7 @@ from numba import njit, prange
 
 from aitimestepper.features import ERROR_CAP, ERROR_FLOOR, ROW_WIDTH
 from aitimestepper.kernels.learned import look_and_step
+from aitimestepper.kernels.oracle import new_scratch, search
 from aitimestepper.kernels.physics import (
     all_finite,
     energy,
@@ -46,33 +47,14 @@ FLOAT_STATS = (
 
 
 @njit(cache=True)
-def _passes(positions, velocities, acc, masses, eps, dt, before, threshold, x1, v1, a1):
-    return relative_error(before, leapfrog(positions, velocities, acc, masses, eps, dt, x1, v1, a1)) <= threshold
+def _record(record_time, record_dt, record_error, record_positions, b, row, t, dt, error, positions):
+    record_time[b, row] = t
+    record_dt[b, row] = dt
+    record_error[b, row] = error
+    record_positions[b, row] = positions
 
 
-@njit(cache=True)
-def _oracle(positions, velocities, acc, masses, eps, before, threshold, grid, bisections, x1, v1, a1):
-    """The largest step at the upper edge of the passing interval that starts at small steps."""
-    scale = min_energy_free_fall(positions, velocities, masses, eps) * threshold ** (1.0 / 3.0)
-    points = grid.shape[0]
-    failure = points
-    for k in range(points):
-        if not _passes(positions, velocities, acc, masses, eps, scale * grid[k], before, threshold, x1, v1, a1):
-            failure = k
-            break
-    low = scale * grid[min(max(failure - 1, 0), points - 1)]
-    high = scale * grid[min(failure, points - 1)]
-    if 0 < failure < points:
-        for _ in range(bisections):
-            middle = math.sqrt(low * high)
-            if _passes(positions, velocities, acc, masses, eps, middle, before, threshold, x1, v1, a1):
-                low = middle
-            else:
-                high = middle
-    return low
-
-
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def rollout_kernel(
     positions,
     velocities,
@@ -98,6 +80,10 @@ def rollout_kernel(
     shadow_threshold,
     int_stats,
     float_stats,
+    record_time,
+    record_dt,
+    record_error,
+    record_positions,
 ):
     """Integrate every system b until ``end_time[b]``, in place in the state arrays (B, N, D)
     and ``times`` (B,), gated against ``threshold[b]``, the policy aimed at ``aim[b]``;
@@ -105,12 +91,15 @@ def rollout_kernel(
     ``numbers``: the learned policy (see :func:`aitimestepper.kernels.learned.look_and_step`).
     With a non-empty ``shadow_grid``, a greedy oracle (that grid, ``shadow_bisections``, aimed at
     ``shadow_threshold``) also searches its step at every state the run passes through, without
-    taking it: its steps over the same path are summed as dt / its step."""
+    taking it: its steps over the same path are summed as dt / its step. ``record_*`` (B, T) and
+    (B, T, N, D), T = 0 to record nothing: row 0 the start, row s the state after step s (time,
+    the step, |E - E0| / |E0|, positions), for s < T."""
     batch, count, dim = positions.shape
     for b in prange(batch):
         x, v, a = positions[b], velocities[b], accelerations[b]
         m, eps, thr, target = masses[b], softening[b], threshold[b], aim[b]
         x1, v1, a1 = np.empty((count, dim)), np.empty((count, dim)), np.empty((count, dim))
+        scratch = new_scratch(count, dim)
         history = np.zeros((history_length, ROW_WIDTH))
         filled = 0
         e0 = energy(x, v, m, eps)
@@ -125,6 +114,9 @@ def rollout_kernel(
         next_dt = -1.0
         log_threshold = math.log(target)
         cap = min(caps[b], max_steps)
+        recorded = record_time.shape[1]
+        if recorded > 0:
+            _record(record_time, record_dt, record_error, record_positions, b, 0, t, 0.0, 0.0, x)
         for _ in range(max_steps):
             if not (end_time[b] - t > END_TOLERANCE * abs(end_time[b])) or failed or steps >= cap:
                 break
@@ -142,7 +134,7 @@ def rollout_kernel(
                     next_dt = scalars[2] * min_energy_free_fall(x, v, m, eps) * target ** (1.0 / 3.0)
                 proposed = next_dt
             elif kind == 5:
-                proposed = _oracle(x, v, a, m, eps, e, target, grid, int(scalars[0]), x1, v1, a1)
+                proposed = search(x, v, a, m, eps, e, target, grid, int(scalars[0]), x1, v1, a1, scratch)
             else:
                 log_dt, row0, row1, row2 = look_and_step(
                     x, v, a, m, eps, log_threshold, history, filled, network, numbers
@@ -151,7 +143,9 @@ def rollout_kernel(
             smallest = min(smallest, proposed)
             reference = math.inf
             if shadowed:
-                reference = _oracle(x, v, a, m, eps, e, shadow_threshold, shadow_grid, shadow_bisections, x1, v1, a1)
+                reference = search(
+                    x, v, a, m, eps, e, shadow_threshold, shadow_grid, shadow_bisections, x1, v1, a1, scratch
+                )
             dt = min(proposed, end_time[b] - t)
             e1 = leapfrog(x, v, a, m, eps, dt, x1, v1, a1)
             error = relative_error(e, e1)
@@ -194,6 +188,9 @@ def rollout_kernel(
             dt_max = max(dt_max, dt)
             dt_sum += dt
             oracle_steps += dt / reference
+            if steps < recorded:
+                error_so_far = relative_error(e0, e)
+                _record(record_time, record_dt, record_error, record_positions, b, steps, t, dt, error_so_far, x)
         times[b] = t
         int_stats[b, 0] = steps
         int_stats[b, 1] = evaluations
