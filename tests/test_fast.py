@@ -284,6 +284,36 @@ def test_a_fixed_step_of_a_binary_is_bit_for_bit_where_sqrt_is_correctly_rounded
 
 
 @pytest.mark.parametrize("dim", [2, 3])
+def test_compiled_accelerations_are_the_plain_pair_loops_bit_for_bit(dim):
+    """The kernel's one pass over the pairs (body i's sums held in registers) makes every body's sum
+    in the order j = 0, 1, ..., as a plain loop in Python floats (IEEE double, the same operations)."""
+    fast._kernels()
+    from aitimestepper.kernels.physics import accelerations
+
+    rng = np.random.default_rng(dim)
+    for count in (2, 3, 8, 17, 32):
+        positions, masses, eps = rng.normal(size=(count, dim)), rng.uniform(0.01, 1.0, count), 0.01 * (count % 2)
+        out = np.empty((count, dim))
+        potential = accelerations(positions, masses, eps, out)
+        x = positions.tolist()
+        expected = [[0.0] * dim for _ in range(count)]
+        expected_potential = 0.0
+        for i in range(count):
+            for j in range(i + 1, count):
+                square = 0.0
+                for d in range(dim):
+                    square += (x[j][d] - x[i][d]) * (x[j][d] - x[i][d])
+                square += eps * eps
+                root = math.sqrt(square)
+                inverse_cube = 1.0 / (square * root)
+                for d in range(dim):
+                    expected[i][d] += masses[j] * inverse_cube * (x[j][d] - x[i][d])
+                    expected[j][d] += masses[i] * inverse_cube * (x[i][d] - x[j][d])
+                expected_potential += masses[i] * masses[j] * (1.0 / root)
+        assert out.tolist() == expected and potential == expected_potential, count
+
+
+@pytest.mark.parametrize("dim", [2, 3])
 def test_fixed_step_runs_of_binaries_agree_to_a_few_ulps(dim):
     """The same operations along 2000 steps: only the rare one-ulp sqrt differences accumulate."""
     (group,) = binaries(4, torch.Generator().manual_seed(3), dim=dim)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +69,29 @@ def contenders(learned: LearnedPolicy, threshold: float, tuned: dict[str, float]
     }
 
 
-def evaluate_family(params: Params, source: str, family: Family, threshold: float) -> dict[str, Any]:
-    """Tune the classical rules for ``family``, run every policy on it (the oracle shadowing every
-    run but its own and fixed dt's), summarise."""
-    learned = _load_learned(source)
-    tuned = tuned_values(params, tuning_family(params, family), threshold)
-    chosen = contenders(learned, threshold, tuned)
-    results = {
-        name: run_family(
+class _Jobs:
+    """Work of the evaluation run side by side on a pool, one kernel thread per job (every job is
+    deterministic, so results do not depend on the order or the threads)."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self.pool = pool
+
+    def submit(self, work: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        def run() -> Any:
+            with single_threaded_kernels():
+                return work(*args, **kwargs)
+
+        return self.pool.submit(run)
+
+
+def run_contenders(
+    params: Params, family: Family, threshold: float, chosen: dict[str, tuple], jobs: _Jobs
+) -> dict[str, Future]:
+    """Every policy of ``chosen`` (:func:`contenders`) on ``family`` (the oracle shadowing every
+    run but its own and fixed dt's), each run a job of ``jobs``: name -> its rows, to come."""
+    return {
+        name: jobs.submit(
+            run_family,
             family,
             policy,
             energy_threshold=threshold,
@@ -86,8 +101,6 @@ def evaluate_family(params: Params, source: str, family: Family, threshold: floa
         )
         for name, (policy, gated) in chosen.items()
     }
-    passes = {name: pairwise_passes_per_step(policy) for name, (policy, _) in chosen.items()}
-    return {**family_report(results), "tuned": tuned, "pairwise_passes_per_step": passes}
 
 
 def scale_transfer(params: Params, source: str, family: Family, threshold: float) -> dict[str, float]:
@@ -256,20 +269,35 @@ def evaluate(params: Params, source: str, progress: Callable[[str], None] | None
         "thresholds": {f"{t:g}": {"families": {}, "scale_transfer": {}} for t in levels},
     }
 
-    # every (family, threshold) is its own deterministic job: they run side by side, one kernel
-    # thread each, the costliest first (a family's groups alone leave threads idle: one 32-body
+    # the tuning of every (family, threshold) and then each of its policies' runs are jobs side by
+    # side, the costliest families first (a family's groups alone leave threads idle: one 32-body
     # cluster per group); results are filed in the suite's order
     transfers = [(family, threshold) for threshold in levels for family in scaled]
     with ThreadPoolExecutor(max_workers=kernel_threads()) as pool:
-        evaluated = _side_by_side(pool, evaluate_family, params, source, jobs)
-        transferred = _side_by_side(pool, scale_transfer, params, source, transfers)
-        for (family, threshold), future in zip(jobs, evaluated, strict=True):
-            level = f"{threshold:g}"
-            result = future.result()
+        work = _Jobs(pool)
+        tunings = {
+            work.submit(tuned_values, params, tuning_family(params, family), threshold): (family, threshold)
+            for family, threshold in sorted(jobs, key=lambda job: -_pair_work(job[0]))
+        }
+        tuned, chosen, runs = {}, {}, {}  # by (family name, threshold)
+        for tuning in as_completed(tunings):
+            family, threshold = tunings[tuning]
+            key = (family.name, threshold)
+            tuned[key] = tuning.result()
+            chosen[key] = contenders(learned, threshold, tuned[key])
+            runs[key] = run_contenders(params, family, threshold, chosen[key], work)
+        transferred = [work.submit(scale_transfer, params, source, *job) for job in transfers]
+        for family, threshold in jobs:
+            key = (family.name, threshold)
+            result = {
+                **family_report({name: run.result() for name, run in runs[key].items()}),
+                "tuned": tuned[key],
+                "pairwise_passes_per_step": {name: pairwise_passes_per_step(p) for name, (p, _) in chosen[key].items()},
+            }
             result["targets"] = targets(family.name, result)
-            report["thresholds"][level]["families"][family.name] = result
+            report["thresholds"][f"{threshold:g}"]["families"][family.name] = result
             if progress is not None:
-                progress(f"{level} {family.name}")
+                progress(f"{threshold:g} {family.name}")
         for (family, threshold), future in zip(transfers, transferred, strict=True):
             report["thresholds"][f"{threshold:g}"]["scale_transfer"][family.name] = future.result()
     report["summary"] = summary_table(report)
@@ -297,22 +325,6 @@ def summary_table(report: dict[str, Any]) -> dict[str, Any]:
                 "targets_met": data["targets"]["all"],
             }
     return table
-
-
-def _side_by_side(
-    pool: ThreadPoolExecutor, work: Callable[..., Any], params: Params, source: str, jobs: list[tuple[Family, float]]
-) -> list[Future]:
-    """``work(params, source, family, threshold)`` of every job on ``pool``, one kernel thread each,
-    submitted costliest first (by :func:`_pair_work`); the futures in the jobs' order."""
-
-    def run(job: tuple[Family, float]) -> Any:
-        with single_threaded_kernels():
-            return work(params, source, *job)
-
-    futures: dict[int, Future] = {}
-    for index in sorted(range(len(jobs)), key=lambda k: -_pair_work(jobs[k][0])):
-        futures[index] = pool.submit(run, jobs[index])
-    return [futures[index] for index in range(len(jobs))]
 
 
 def _pair_work(family: Family) -> float:
