@@ -121,6 +121,8 @@ def fast_rollout(
     keep its :class:`aitimestepper.rollout.Trajectory` (see :func:`record_fits`)."""
     from aitimestepper.rollout import Rollout
 
+    if state.external is not None:
+        raise ValueError("the compiled rollout has no tidal field yet: run systems in a field with engine 'torch'")
     kernels = _kernels()
     batch = state.batch_size
     positions = state.positions.detach().numpy().copy()

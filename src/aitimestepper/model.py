@@ -170,7 +170,17 @@ class LearnedPolicy(TimeStepPolicy):
         return History.empty(state.batch_size, self.history_len, ROW_WIDTH)
 
     def look(self, state: State) -> PairLook:
-        """The policy's one pairwise look at ``state``."""
+        """The policy's one pairwise look at ``state``.
+
+        Raises:
+            ValueError: ``state`` feels a tidal field, which this network's features do not
+                represent (they read the bodies' mutual gravity only).
+        """
+        if state.external is not None:
+            raise ValueError(
+                "the learned policy's features do not represent an external tidal field (they read the bodies' "
+                "mutual gravity only): simulate systems in a field with a classical policy or the oracle"
+            )
         return look(state, self.candidates)
 
     def step_size(

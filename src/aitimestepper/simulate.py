@@ -111,11 +111,20 @@ def run_simulation(
         "policy": policy.name,
         "gated": gated,
         "energy_threshold": energy_threshold,
+        "tidal_field": _field_kind(systems.state),
         "wall_time_s": wall_time,
         "summary": _summary(rows, wall_time),
         "systems": rows,
     }
     return metrics, result
+
+
+def _field_kind(state) -> str | None:
+    """The host's orbit when the systems feel a tidal field (the energies and errors reported are
+    then the conserved quantity's, see :mod:`aitimestepper.physics.external`), else None."""
+    if state.external is None:
+        return None
+    return "circular" if bool((state.external.rotation > 0).any()) else "static"
 
 
 def simulate_from_params(

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from aitimestepper.physics import gravity
-from aitimestepper.physics.state import State
+from aitimestepper.physics.state import State, total_accelerations
 
 
 def leapfrog_step(state: State, dt: Tensor) -> State:
     """Advance every system by one kick-drift-kick leapfrog step.
 
-    Second order, symplectic and time reversible. The acceleration at the start of the step is
+    Second order, symplectic and time reversible (with a rotating tidal field, in the extended
+    phase space that includes time: the drift advances the field's clock). The acceleration at the start of the step is
     taken from ``state``, so each step costs exactly one force evaluation. Gradients flow to
     ``dt`` (and to the state), which is what lets a trainer learn a time step.
 
@@ -27,15 +27,17 @@ def leapfrog_step(state: State, dt: Tensor) -> State:
     step = dt.reshape(-1, 1, 1)
     half_kick_velocities = state.velocities + 0.5 * step * state.accelerations
     positions = state.positions + step * half_kick_velocities
-    new_accelerations = gravity.accelerations(positions, state.masses, state.softening)
+    time = state.time + dt
+    new_accelerations = total_accelerations(positions, state.masses, state.softening, state.external, time)
     velocities = half_kick_velocities + 0.5 * step * new_accelerations
     return State(
         positions=positions,
         velocities=velocities,
         masses=state.masses,
         accelerations=new_accelerations,
-        time=state.time + dt,
+        time=time,
         softening=state.softening,
+        external=state.external,
     )
 
 

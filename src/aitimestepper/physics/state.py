@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from aitimestepper.physics import gravity
+from aitimestepper.physics.external import TidalField
 
 DTYPE = torch.float64
 
@@ -27,6 +28,10 @@ class State:
         accelerations: (B, N, D) gravitational accelerations at ``positions``.
         time: (B,) time of each system since its start.
         softening: (B,) Plummer softening length of each system (length units, >= 0).
+        external: the tidal field of a host on each system (:mod:`aitimestepper.physics.external`),
+            or None. With a field, ``accelerations`` include it and :meth:`energy` is the quantity
+            the leapfrog conserves in it (the energy with the field's potential, or the Jacobi
+            integral for a host on a circular orbit).
     """
 
     positions: Tensor
@@ -35,6 +40,7 @@ class State:
     accelerations: Tensor
     time: Tensor
     softening: Tensor
+    external: TidalField | None = None
 
     @classmethod
     def from_arrays(
@@ -43,6 +49,7 @@ class State:
         velocities: Tensor,
         masses: Tensor,
         softening: float | Tensor = 0.0,
+        external: TidalField | None = None,
     ) -> State:
         """Build a validated state at time 0, computing the accelerations.
 
@@ -51,6 +58,8 @@ class State:
             velocities: same shape as ``positions``.
             masses: (B, N) positive masses, or (N,) for one system.
             softening: Plummer softening length >= 0: one for every system, or (B,).
+            external: a tidal field (:class:`TidalField`, one host per system, or one host for
+                every system), or None.
 
         Raises:
             ValueError: naming the offending array (and system and bodies) and the rule it breaks:
@@ -69,7 +78,9 @@ class State:
         _validate_arrays(positions, velocities, masses)
         softening = _validated_softening(softening, positions.shape[0])
         _refuse_coincident_bodies(positions, softening)
-        accelerations = gravity.accelerations(positions, masses, softening)
+        external = _matching_field(external, positions)
+        time = torch.zeros(positions.shape[0], dtype=DTYPE, device=positions.device)
+        accelerations = total_accelerations(positions, masses, softening, external, time)
         broken = ~accelerations.isfinite().all(dim=2)  # (B, N)
         if bool(broken.any()):
             system, body = broken.nonzero()[0].tolist()
@@ -77,7 +88,7 @@ class State:
                 f"system {system}: the acceleration of body {body} is not finite (bodies too close or too massive "
                 "for float64)"
             )
-        energy = gravity.total_energy(positions, velocities, masses, softening)
+        energy = conserved_energy(positions, velocities, masses, softening, external, time)
         if not bool(energy.isfinite().all()):
             systems = (~energy.isfinite()).nonzero().flatten().tolist()
             raise ValueError(
@@ -94,8 +105,9 @@ class State:
             velocities=velocities,
             masses=masses,
             accelerations=accelerations,
-            time=torch.zeros(positions.shape[0], dtype=DTYPE, device=positions.device),
+            time=time,
             softening=softening,
+            external=external,
         )
 
     @property
@@ -114,8 +126,9 @@ class State:
         return self.positions.shape[2]
 
     def energy(self) -> Tensor:
-        """Total energy of each system, shape (B,)."""
-        return gravity.total_energy(self.positions, self.velocities, self.masses, self.softening)
+        """Total energy of each system, shape (B,): with a tidal field, the conserved quantity
+        (see :func:`conserved_energy`)."""
+        return conserved_energy(self.positions, self.velocities, self.masses, self.softening, self.external, self.time)
 
     def momentum(self) -> Tensor:
         """Linear momentum of each system, shape (B, D)."""
@@ -161,17 +174,76 @@ class State:
 
     @staticmethod
     def concatenate(states: Sequence[State]) -> State:
-        """Join batches of systems with the same N and D along the batch axis."""
-        return State(*(torch.cat(arrays) for arrays in zip(*(s._arrays() for s in states), strict=True)))
+        """Join batches of systems with the same N and D (all with a tidal field, or none) along
+        the batch axis."""
+        joined = State(*(torch.cat(arrays) for arrays in zip(*(s._arrays() for s in states), strict=True)))
+        fields = [s.external for s in states]
+        if all(field is None for field in fields):
+            return joined
+        if any(field is None for field in fields):
+            raise ValueError("cannot join systems with a tidal field and systems without one in one batch")
+        first, *rest = fields
+        for field in rest:
+            first = first.combine(field, lambda mine, theirs: torch.cat([mine, theirs]))
+        return replace(joined, external=first)
 
     def _arrays(self) -> tuple[Tensor, ...]:
         return (self.positions, self.velocities, self.masses, self.accelerations, self.time, self.softening)
 
     def _map(self, fn) -> State:
-        return State(*(fn(array) for array in self._arrays()))
+        external = None if self.external is None else self.external.map(fn)
+        return State(*(fn(array) for array in self._arrays()), external=external)
 
     def _combine(self, other: State, fn) -> State:
-        return State(*(fn(mine, theirs) for mine, theirs in zip(self._arrays(), other._arrays(), strict=True)))
+        if (self.external is None) != (other.external is None):
+            raise ValueError("cannot combine systems with a tidal field and systems without one")
+        external = None if self.external is None else self.external.combine(other.external, fn)
+        arrays = (fn(mine, theirs) for mine, theirs in zip(self._arrays(), other._arrays(), strict=True))
+        return State(*arrays, external=external)
+
+
+def total_accelerations(
+    positions: Tensor, masses: Tensor, softening: Tensor, external: TidalField | None, time: Tensor
+) -> Tensor:
+    """(B, N, D) the bodies' mutual gravity plus, with a field, its tidal pull at ``time`` (B,)."""
+    pairwise = gravity.accelerations(positions, masses, softening)
+    return pairwise if external is None else pairwise + external.accelerations(positions, time)
+
+
+def conserved_energy(
+    positions: Tensor,
+    velocities: Tensor,
+    masses: Tensor,
+    softening: Tensor,
+    external: TidalField | None,
+    time: Tensor,
+) -> Tensor:
+    """(B,) what the leapfrog conserves: the total energy; with a tidal field, plus the bodies'
+    potential in it, minus Omega L_z for a host on a circular orbit (the Jacobi integral)."""
+    energy = gravity.total_energy(positions, velocities, masses, softening)
+    if external is None:
+        return energy
+    return (
+        energy
+        + external.potential_energy(positions, masses, time)
+        + external.rotation_term(positions, velocities, masses)
+    )
+
+
+def _matching_field(external: TidalField | None, positions: Tensor) -> TidalField | None:
+    """The field for B systems of dimension D: one host for every system is repeated."""
+    if external is None:
+        return None
+    batch, dim = positions.shape[0], positions.shape[2]
+    if external.host_position.shape[1] != dim:
+        raise ValueError(
+            f"external field: host_position has {external.host_position.shape[1]} components, the systems {dim}"
+        )
+    if external.host_mass.shape[0] == 1 and batch > 1:
+        return external.map(lambda t: t.expand(batch, *t.shape[1:]).clone())
+    if external.host_mass.shape[0] != batch:
+        raise ValueError(f"external field: {external.host_mass.shape[0]} hosts for {batch} systems")
+    return external
 
 
 def _validate_arrays(positions: Tensor, velocities: Tensor, masses: Tensor) -> None:

@@ -193,7 +193,7 @@ def crossing_time(state: State) -> Tensor:
     """Crossing time G M**2.5 / (2 |E|)**1.5 of each system (2 sqrt(2) in Henon units).
 
     Args:
-        state: B systems (energy with their own softening).
+        state: B systems (their own energy, with their softening; a tidal field's terms aside).
 
     Returns:
         (B,) float64 crossing times, time units. |E| is floored at the smallest positive normal
@@ -202,7 +202,8 @@ def crossing_time(state: State) -> Tensor:
     """
     tiny = torch.finfo(DTYPE).tiny
     total_mass = state.masses.sum(dim=-1)
-    energy = state.energy().abs().clamp_min(tiny)
+    own = gravity.total_energy(state.positions, state.velocities, state.masses, state.softening)
+    energy = own.abs().clamp_min(tiny)
     return gravity.GRAVITATIONAL_CONSTANT * total_mass**2.5 / ((2.0 * energy) ** 1.5).clamp_min(tiny)
 
 

@@ -4,7 +4,12 @@ File format (JSON object or NPZ archive), keys:
     ``masses``: (B, N) or (N,) positive masses;
     ``positions``, ``velocities``: (B, N, D) or (N, D), D in {2, 3};
     ``softening`` (optional): the Plummer softening length, one number for every system or a
-    list of B numbers (one per system); default 0.
+    list of B numbers (one per system); default 0;
+    ``external`` (optional): the tidal field of a point-mass host (:mod:`aitimestepper.physics.external`),
+    an object with ``host_mass`` (one number, or B), ``host_position`` ((D,) or (B, D), at time 0,
+    relative to the origin of the systems' coordinates), ``orbit`` (``static``, the default, or
+    ``circular``) and ``softening`` (the host's, default 0); in NPZ archives the keys
+    ``external.host_mass``, ``external.host_position``, ``external.orbit``, ``external.softening``.
 A single system may omit the batch axis. No other keys are allowed (a misspelt ``softening``
 would otherwise be silently ignored). Loaded systems are used as given: they are not moved to
 the centre-of-mass frame. Example JSON:
@@ -23,10 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aitimestepper.physics.external import TidalField
 from aitimestepper.physics.state import DTYPE, State
 
 REQUIRED_KEYS = ("masses", "positions", "velocities")
-OPTIONAL_KEYS = ("softening",)
+OPTIONAL_KEYS = ("softening", "external")
+FIELD_KEYS = ("host_mass", "host_position", "orbit", "softening")
 SUFFIXES = (".json", ".npz")
 
 
@@ -53,6 +60,7 @@ def load_systems(path: str | Path, softening: float | Sequence[float] | Tensor |
     if suffix not in SUFFIXES:
         raise ValueError(f"initial-conditions file {path} must end in .json or .npz, not {path.suffix!r}")
     content = _read_npz(path) if suffix == ".npz" else _read_json(path)
+    content = _nested_field(content)
     missing = [key for key in REQUIRED_KEYS if key not in content]
     if missing:
         raise ValueError(f"initial-conditions file {path} lacks {missing}")
@@ -73,7 +81,8 @@ def load_systems(path: str | Path, softening: float | Sequence[float] | Tensor |
     else:
         chosen = torch.as_tensor(softening, dtype=DTYPE)
     try:
-        return State.from_arrays(positions, velocities, masses, chosen)
+        external = _field(path, content["external"]) if "external" in content else None
+        return State.from_arrays(positions, velocities, masses, chosen, external=external)
     except ValueError as error:
         raise ValueError(f"initial-conditions file {path}: {error}") from error
 
@@ -107,11 +116,55 @@ def save_systems(path: str | Path, state: State) -> Path:
         "velocities": state.velocities.detach().cpu().numpy(),
         "softening": np.float64(softening[0]) if shared else softening.numpy(),
     }
+    field = state.external
+    described = (
+        {}
+        if field is None
+        else {
+            "host_mass": field.host_mass.detach().cpu().numpy(),
+            "host_position": field.host_position.detach().cpu().numpy(),
+            "orbit": np.str_("circular" if bool((field.rotation > 0).any()) else "static"),
+            "softening": field.softening.detach().cpu().numpy(),
+        }
+    )
     if suffix == ".npz":
-        np.savez(path, **arrays)
+        np.savez(path, **arrays, **{f"external.{key}": value for key, value in described.items()})
     else:
-        path.write_text(json.dumps({key: np.asarray(value).tolist() for key, value in arrays.items()}) + "\n")
+        content = {key: np.asarray(value).tolist() for key, value in arrays.items()}
+        if described:
+            content["external"] = {key: np.asarray(value).tolist() for key, value in described.items()}
+        path.write_text(json.dumps(content) + "\n")
     return path
+
+
+def _nested_field(content: dict[str, Any]) -> dict[str, Any]:
+    """NPZ archives' ``external.<key>`` entries gathered into one ``external`` object."""
+    flat = {key: value for key, value in content.items() if key.startswith("external.")}
+    if not flat:
+        return content
+    rest = {key: value for key, value in content.items() if key not in flat}
+    return {**rest, "external": {key.removeprefix("external."): value for key, value in flat.items()}}
+
+
+def _field(path: Path, spec: Any) -> TidalField:
+    """The tidal field an ``external`` object describes, its keys and values checked."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"external must be an object with keys {list(FIELD_KEYS)}, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(FIELD_KEYS))
+    missing = [key for key in ("host_mass", "host_position") if key not in spec]
+    if unknown or missing:
+        raise ValueError(f"external: unknown keys {unknown}, missing keys {missing}; allowed: {list(FIELD_KEYS)}")
+    orbit = spec.get("orbit", "static")
+    orbit = orbit.item() if isinstance(orbit, np.ndarray) else orbit
+    if not isinstance(orbit, str):
+        raise ValueError(f"external.orbit must be 'static' or 'circular', got {orbit!r}")
+    softening = _numbers(path, "external.softening", spec.get("softening", 0.0))
+    return TidalField.build(
+        _numbers(path, "external.host_mass", spec["host_mass"]),
+        _numbers(path, "external.host_position", spec["host_position"]),
+        orbit=orbit,
+        softening=softening if softening.ndim else float(softening),
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

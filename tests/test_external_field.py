@@ -1,0 +1,246 @@
+"""The tidal field of a point-mass host (aitimestepper.physics.external): its pull is minus the
+gradient of its potential, the leapfrog conserves the energy with it (static host) or the Jacobi
+integral (host on a circular orbit) to second order, the Hill problem keeps a moon well inside
+the Jacobi radius and loses one well outside, and bad field settings are refused by name."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aitimestepper.physics.external import TidalField
+from aitimestepper.physics.integrator import leapfrog_step
+from aitimestepper.physics.state import State
+from aitimestepper.policies import FixedStep, FreeFall
+from aitimestepper.rollout import rollout
+
+DTYPE = torch.float64
+
+
+def binary_in_field(dim: int, orbit: str, host_distance: float = 8.0, host_mass: float = 5.0) -> State:
+    """An eccentric unit binary (e = 0.5 at apocentre) with its host at ``host_distance`` on a
+    diagonal: tides of a few percent of the binary's own pull, which change its orbit over a few
+    periods."""
+    separation, mass = 1.5, 1.0
+    speed = math.sqrt(2 * mass * (1 / separation - 1 / (2 * 1.0)))  # vis-viva, a = 1
+    positions = torch.zeros(2, dim, dtype=DTYPE)
+    velocities = torch.zeros(2, dim, dtype=DTYPE)
+    positions[0, 0], positions[1, 0] = -separation / 2, separation / 2
+    velocities[0, 1], velocities[1, 1] = -speed / 2, speed / 2
+    if dim == 3:
+        velocities[:, 2] = torch.tensor([0.05, -0.05])  # out of the host's orbital plane
+    host = torch.zeros(dim, dtype=DTYPE)
+    host[0], host[1] = host_distance / math.sqrt(2), host_distance / math.sqrt(2)
+    field = TidalField.build(torch.tensor([host_mass]), host, orbit=orbit, softening=0.1)
+    return State.from_arrays(positions, velocities, torch.full((2,), mass / 2, dtype=DTYPE), external=field)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("orbit", ["static", "circular"])
+def test_the_tidal_pull_is_minus_the_gradient_of_its_potential(dim, orbit):
+    state = binary_in_field(dim, orbit)
+    time = torch.tensor([3.7], dtype=DTYPE)  # the circular host has moved
+    positions = (state.positions + 0.3 * torch.randn(state.positions.shape, dtype=DTYPE)).requires_grad_(True)
+    potential = state.external.potential_energy(positions, state.masses, time)
+    (gradient,) = torch.autograd.grad(potential.sum(), positions)
+    pull = state.external.accelerations(positions.detach(), time)
+    torch.testing.assert_close(pull * state.masses.unsqueeze(-1), -gradient, rtol=1e-12, atol=1e-14)
+    assert pull.abs().max() > 0.005  # a field strong enough to matter
+    at_origin = state.external.accelerations(torch.zeros(1, 1, dim, dtype=DTYPE), time)
+    assert at_origin.abs().max() < 1e-15  # the origin falls freely with the host's pull
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("orbit", ["static", "circular"])
+def test_the_leapfrog_conserves_the_fields_integral_to_second_order(dim, orbit):
+    """Halving the step divides the largest drift of the conserved quantity over 3 binary periods
+    by about 4, and the drift of the energy without the field's terms is far larger."""
+    state = binary_in_field(dim, orbit)
+    drifts = []
+    for dt in (0.02, 0.01):
+        result = rollout(
+            state, FixedStep(dt), torch.tensor([6 * math.pi]), energy_threshold=0.5, max_steps=10_000, record=True
+        )
+        assert bool(result.reached_end.all())
+        drifts.append(result.max_energy_error.item())
+    assert 3.5 < drifts[0] / drifts[1] < 4.5, drifts
+    assert drifts[1] < 1e-3
+    stepped, bare_drift = state, 0.0
+    for _ in range(300):  # half a period: the field does work on the binary
+        stepped = leapfrog_step(stepped, torch.tensor([0.01], dtype=DTYPE))
+        bare_drift = max(bare_drift, abs(bare_energy(stepped) / bare_energy(state) - 1.0))
+    assert bare_drift > 10 * drifts[1]
+
+
+def bare_energy(state: State) -> float:
+    """The binary's energy without the field's terms."""
+    field = state.external
+    without = state.energy() - field.potential_energy(state.positions, state.masses, state.time)
+    return (without - field.rotation_term(state.positions, state.velocities, state.masses)).item()
+
+
+def hill_system(dim: int, radius_in_jacobi_radii: float) -> tuple[State, float, float]:
+    """A planet of mass m at the origin, its host (M = 1) at distance 10 on a circular orbit, and
+    a moon of negligible mass on a circular orbit around the planet at the given multiple of the
+    Jacobi radius r_J = 10 (m / 3)**(1/3) = 0.1, prograde. Returns the state, r_J and the moon's
+    orbital period around the planet alone."""
+    planet, jacobi = 3e-6, 0.1
+    radius = radius_in_jacobi_radii * jacobi
+    speed = math.sqrt(planet / radius)
+    positions = torch.zeros(2, dim, dtype=DTYPE)
+    velocities = torch.zeros(2, dim, dtype=DTYPE)
+    positions[1, 0], velocities[1, 1] = radius, speed
+    host = torch.zeros(dim, dtype=DTYPE)
+    host[0] = -10.0
+    field = TidalField.build(torch.tensor([1.0]), host, orbit="circular")
+    masses = torch.tensor([planet, 1e-15], dtype=DTYPE)
+    period = 2 * math.pi * math.sqrt(radius**3 / planet)
+    return State.from_arrays(positions, velocities, masses, external=field), jacobi, period
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_a_moon_at_a_third_of_the_jacobi_radius_stays_bound_for_ten_orbits(dim):
+    state, jacobi, period = hill_system(dim, 1 / 3)
+    result = rollout(
+        state, FixedStep(period / 400), torch.tensor([10 * period]), energy_threshold=0.5, max_steps=5_000, record=True
+    )
+    assert bool(result.reached_end.all())
+    separation = (result.trajectory.positions[:, 0, 1] - result.trajectory.positions[:, 0, 0]).norm(dim=-1)
+    assert separation.max() < 0.5 * jacobi and separation.min() > 0.2 * jacobi  # perturbed, bound
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_a_moon_well_outside_the_jacobi_radius_escapes(dim):
+    state, jacobi, _ = hill_system(dim, 3.0)
+    host_period = 2 * math.pi * math.sqrt(1000.0)
+    result = rollout(
+        state, FreeFall(0.02), torch.tensor([host_period]), energy_threshold=0.5, max_steps=20_000, record=True
+    )
+    assert bool(result.reached_end.all())
+    separation = (result.trajectory.positions[:, 0, 1] - result.trajectory.positions[:, 0, 0]).norm(dim=-1)
+    assert separation[-1] > 10 * jacobi  # carried off by the shear of the host's field
+
+
+def test_systems_in_a_field_run_on_the_torch_path_and_the_learned_policy_refuses_them():
+    from aitimestepper.model import LearnedPolicy, build_network
+    from training_params import tiny_params
+
+    state = binary_in_field(2, "static")
+    end = torch.tensor([1.0])
+    auto = rollout(state, FixedStep(0.01), end, energy_threshold=0.5, max_steps=1_000)
+    reference = rollout(state, FixedStep(0.01), end, energy_threshold=0.5, max_steps=1_000, engine="torch")
+    assert torch.equal(auto.final_state.positions, reference.final_state.positions)
+    with pytest.raises(ValueError, match="no tidal field yet"):
+        rollout(state, FixedStep(0.01), end, energy_threshold=0.5, max_steps=1_000, engine="compiled")
+    params = tiny_params()
+    with pytest.raises(ValueError, match="do not represent an external tidal field"):
+        rollout(state, LearnedPolicy(build_network(params), params), end, energy_threshold=2e-4, max_steps=10)
+
+
+def test_selections_and_joins_carry_the_field():
+    one = binary_in_field(2, "circular")
+    two = State.concatenate([one, one.select(torch.tensor([0]))])
+    assert two.external.host_mass.shape == (2,) and torch.equal(two.energy(), one.energy().repeat(2))
+    bare = State.from_arrays(one.positions, one.velocities, one.masses)
+    with pytest.raises(ValueError, match="tidal field"):
+        State.concatenate([one, bare])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"host_mass": torch.tensor([0.0])}, "host_mass must be finite and > 0"),
+        ({"host_mass": torch.tensor([float("nan")])}, "host_mass must be finite and > 0"),
+        ({"host_position": torch.tensor([float("inf"), 0.0])}, "host_position must be finite"),
+        ({"host_position": torch.tensor([1.0, 0.0, 0.0, 0.0])}, "host_position must have shape"),
+        ({"host_position": torch.tensor([0.0, 0.0])}, "host_position must not be the origin"),
+        ({"orbit": "elliptic"}, "orbit must be one of"),
+        ({"softening": -0.1}, "softening must be finite and >= 0"),
+    ],
+)
+def test_bad_field_settings_are_refused_by_name(settings, message):
+    arguments = {"host_mass": torch.tensor([1.0]), "host_position": torch.tensor([10.0, 0.0]), **settings}
+    with pytest.raises(ValueError, match=message):
+        TidalField.build(**arguments)
+
+
+def test_a_field_of_another_dimension_or_count_is_refused():
+    positions = torch.tensor([[-0.5, 0.0], [0.5, 0.0]], dtype=DTYPE)
+    velocities = torch.tensor([[0.0, -0.5], [0.0, 0.5]], dtype=DTYPE)
+    masses = torch.tensor([0.5, 0.5], dtype=DTYPE)
+    in_3d = TidalField.build(torch.tensor([1.0]), torch.tensor([10.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match="3 components, the systems 2"):
+        State.from_arrays(positions, velocities, masses, external=in_3d)
+    two_hosts = TidalField.build(torch.tensor([1.0, 2.0]), torch.tensor([[10.0, 0.0], [0.0, 10.0]]))
+    with pytest.raises(ValueError, match="2 hosts for 1 systems"):
+        State.from_arrays(positions, velocities, masses, external=two_hosts)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".npz"])
+def test_a_field_round_trips_through_initial_condition_files(tmp_path, suffix):
+    from aitimestepper.systems.files import load_systems, save_systems
+
+    state = State.concatenate([binary_in_field(3, "circular")] * 2)
+    loaded = load_systems(save_systems(tmp_path / f"ics{suffix}", state))
+    for name in ("host_mass", "host_position", "softening", "rotation"):
+        assert torch.equal(getattr(loaded.external, name), getattr(state.external, name)), name
+    assert torch.equal(loaded.energy(), state.energy())
+
+
+@pytest.mark.parametrize(
+    ("external", "message"),
+    [
+        ({"host_mass": 1.0}, r"missing keys \['host_position'\]"),
+        ({"host_mass": 1.0, "host_position": [10.0, 0.0], "mass": 2.0}, r"unknown keys \['mass'\]"),
+        ({"host_mass": -1.0, "host_position": [10.0, 0.0]}, "host_mass must be finite and > 0"),
+        ({"host_mass": 1.0, "host_position": [10.0, 0.0], "orbit": "elliptic"}, "orbit must be one of"),
+        ({"host_mass": 1.0, "host_position": [10.0, 0.0, 0.0]}, "3 components, the systems 2"),
+        ([1.0, 10.0], "external must be an object"),
+    ],
+)
+def test_bad_fields_in_files_are_refused_naming_the_file_and_key(tmp_path, external, message):
+    from aitimestepper.systems.files import load_systems
+
+    path = tmp_path / "ics.json"
+    path.write_text(json.dumps({**BINARY, "external": external}))
+    with pytest.raises(ValueError, match=message) as caught:
+        load_systems(path)
+    assert str(path) in str(caught.value)
+
+
+BINARY = {"masses": [0.5, 0.5], "positions": [[-0.75, 0.0], [0.75, 0.0]], "velocities": [[0.0, -0.29], [0.0, 0.29]]}
+
+
+def test_aits_simulate_integrates_a_system_in_a_field_from_a_file(tmp_path):
+    field = {"host_mass": 5.0, "host_position": [5.657, 5.657], "orbit": "circular", "softening": 0.1}
+    path = tmp_path / "ics.json"
+    path.write_text(json.dumps({**BINARY, "external": field}))
+    output = tmp_path / "run" / "metrics.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "aitimestepper", "simulate", "--model", "energy_feedback", "--gated"]
+        + ["--ics", str(path), "--time-scales", "2", "--output", str(output), "--plots-dir", str(tmp_path / "plots")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(output.read_text())
+    assert metrics["tidal_field"] == "circular"
+    assert metrics["summary"]["gate_pass_rate"] == 1.0 and metrics["summary"]["all_reached_end"]
+    assert metrics["summary"]["max_momentum_drift"] > 1e-3  # the host pulls on the binary
+    refused = subprocess.run(
+        [sys.executable, "-m", "aitimestepper", "simulate", "--model", "models/model.pt", "--ics", str(path)]
+        + ["--time-scales", "1", "--output", str(tmp_path / "learned" / "metrics.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert refused.returncode != 0 and "tidal field" in refused.stderr
+    assert not (tmp_path / "learned").exists()
