@@ -12,6 +12,8 @@ from aitimestepper.policies import Oracle
 
 #: bodies on both sides of LANE_MAX_BODIES (8)
 BODIES = (2, 3, 5, 8, 9, 12)
+#: the kernels' tidal-field row of a system in no field (host mass 0), per dimension
+NO_FIELD = {dim: np.zeros(3 + dim) for dim in (2, 3)}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def random_system(physics, count: int, dim: int, seed: int, eps: float):
     masses = rng.uniform(0.01, 1.0, count)
     acc = np.empty((count, dim))
     physics.accelerations(positions, masses, eps, acc)
-    return positions, velocities, acc, masses, physics.energy(positions, velocities, masses, eps)
+    return positions, velocities, acc, masses, physics.energy(positions, velocities, masses, eps, NO_FIELD[dim], 0.0)
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -44,7 +46,10 @@ def test_trial_steps_side_by_side_have_the_leapfrog_steps_errors_bit_for_bit(ker
         errors = np.empty(oracle.LANES)
         oracle.lane_errors(x, v, a, m, eps, steps, before, errors, oracle.new_scratch(count, dim))
         x1, v1, a1 = np.empty_like(x), np.empty_like(x), np.empty_like(x)
-        expected = [physics.relative_error(before, physics.leapfrog(x, v, a, m, eps, dt, x1, v1, a1)) for dt in steps]
+        none = NO_FIELD[dim]
+        expected = [
+            physics.relative_error(before, physics.leapfrog(x, v, a, m, eps, none, 0.0, dt, x1, v1, a1)) for dt in steps
+        ]
         assert errors.tolist() == expected
         assert errors[0] < 1e-9 < errors[-1]  # the range spans passing and failing steps
 
@@ -72,9 +77,14 @@ def test_the_search_side_by_side_finds_the_same_step_bit_for_bit(
                 x, v, a, m, before = random_system(physics, count, dim, seed=100 * count + seed, eps=eps)
                 x1, v1, a1 = np.empty_like(x), np.empty_like(x), np.empty_like(x)
                 scratch = oracle.new_scratch(count, dim)
-                one_at_a_time = oracle.scalar_search(x, v, a, m, eps, before, threshold, grid, bisections, x1, v1, a1)
+                none = NO_FIELD[dim]
+                one_at_a_time = oracle.scalar_search(
+                    x, v, a, m, eps, none, 0.0, before, threshold, grid, bisections, x1, v1, a1
+                )
                 side_by_side = oracle.lane_search(x, v, a, m, eps, before, threshold, grid, bisections, scratch)
-                chosen = oracle.search(x, v, a, m, eps, before, threshold, grid, bisections, x1, v1, a1, scratch)
+                chosen = oracle.search(
+                    x, v, a, m, eps, none, 0.0, before, threshold, grid, bisections, x1, v1, a1, scratch
+                )
                 assert side_by_side == one_at_a_time == chosen, (count, dim, seed)
                 scale = physics.min_energy_free_fall(x, v, m, eps) * threshold ** (1 / 3)
                 if outcome == "smallest":
@@ -83,5 +93,6 @@ def test_the_search_side_by_side_finds_the_same_step_bit_for_bit(
                     assert one_at_a_time == scale * grid[-1]
                 else:  # inside the grid, and a step that passes
                     assert scale * grid[0] < one_at_a_time < scale * grid[-1]
-                    error = physics.relative_error(before, physics.leapfrog(x, v, a, m, eps, one_at_a_time, x1, v1, a1))
+                    after = physics.leapfrog(x, v, a, m, eps, none, 0.0, one_at_a_time, x1, v1, a1)
+                    error = physics.relative_error(before, after)
                     assert error <= threshold

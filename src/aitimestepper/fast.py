@@ -121,8 +121,6 @@ def fast_rollout(
     keep its :class:`aitimestepper.rollout.Trajectory` (see :func:`record_fits`)."""
     from aitimestepper.rollout import Rollout
 
-    if state.external is not None:
-        raise ValueError("the compiled rollout has no tidal field yet: run systems in a field with engine 'torch'")
     kernels = _kernels()
     batch = state.batch_size
     positions = state.positions.detach().numpy().copy()
@@ -131,6 +129,10 @@ def fast_rollout(
     times = state.time.detach().numpy().copy()
     gate = _per_system(energy_threshold, batch)
     caps = (step_caps if step_caps is not None else torch.full((batch,), max_steps)).numpy().astype(np.int64)
+    from aitimestepper.model import LearnedPolicy
+
+    if isinstance(policy, LearnedPolicy):
+        policy.refuse_field(state)
     spec = _kernel_policy(policy, batch, gate)
     int_stats = np.zeros((batch, 4), dtype=np.int64)
     float_stats = np.zeros((batch, len(kernels.FLOAT_STATS)))
@@ -164,6 +166,7 @@ def fast_rollout(
         shadow.grid.numpy() if shadow is not None else _EMPTY,
         shadow.bisections if shadow is not None else 0,
         shadow.energy_threshold if shadow is not None else 1.0,
+        field_rows(state),
         int_stats,
         float_stats,
         *records,
@@ -222,6 +225,16 @@ def _trajectory(records: tuple[np.ndarray, ...], steps: np.ndarray, failed: np.n
 
 def _expand(index: np.ndarray, values: np.ndarray) -> np.ndarray:
     return index.reshape(index.shape + (1,) * (values.ndim - 2))
+
+
+def field_rows(state: State) -> np.ndarray:
+    """(B, 3 + D) each system's tidal field as the kernels read it: host mass (0: no field), the
+    host's softening, its rotation rate, its position at time 0."""
+    field = state.external
+    if field is None:
+        return np.zeros((state.batch_size, 3 + state.dim))
+    columns = (field.host_mass[:, None], field.softening[:, None], field.rotation[:, None], field.host_position)
+    return torch.cat(columns, dim=1).detach().numpy().astype(np.float64)
 
 
 def _per_system(value: float | Tensor, batch: int) -> np.ndarray:

@@ -176,12 +176,17 @@ class LearnedPolicy(TimeStepPolicy):
             ValueError: ``state`` feels a tidal field, which this network's features do not
                 represent (they read the bodies' mutual gravity only).
         """
+        self.refuse_field(state)
+        return look(state, self.candidates)
+
+    @staticmethod
+    def refuse_field(state: State) -> None:
+        """Raise ValueError if ``state`` feels a tidal field: the features do not represent one."""
         if state.external is not None:
             raise ValueError(
                 "the learned policy's features do not represent an external tidal field (they read the bodies' "
                 "mutual gravity only): simulate systems in a field with a classical policy or the oracle"
             )
-        return look(state, self.candidates)
 
     def step_size(
         self, state: State, history: History, energy_threshold: Tensor | None = None

@@ -119,8 +119,7 @@ def rollout(
             path calls it once, at the end, with the steps of the longest run).
         engine: ``torch`` (the reference), ``compiled`` (:mod:`aitimestepper.fast`), or ``auto``:
             compiled whenever the policy has a compiled twin (:func:`aitimestepper.fast.supports`:
-            the faster path at every batch size measured), the systems feel no tidal field (the
-            kernels have none yet) and a trajectory asked for fits its budget
+            the faster path at every batch size measured) and a trajectory asked for fits its budget
             (:func:`aitimestepper.fast.record_fits`).
         shadow: a greedy oracle that searches its step at every state the run passes through,
             without taking it (its trial steps are not counted as the run's force evaluations):
@@ -132,10 +131,7 @@ def rollout(
         raise ValueError(f"engine must be 'auto', 'torch' or 'compiled', got {engine!r}")
     caps = torch.full((state.batch_size,), max_steps) if step_caps is None else step_caps.clamp_max(max_steps)
     if engine == "compiled" or (
-        engine == "auto"
-        and fast.supports(policy)
-        and state.external is None
-        and (not record or fast.record_fits(state, int(caps.max())))
+        engine == "auto" and fast.supports(policy) and (not record or fast.record_fits(state, int(caps.max())))
     ):
         result = fast.fast_rollout(
             state,

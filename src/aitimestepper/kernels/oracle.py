@@ -26,7 +26,7 @@ import math
 import numpy as np
 from numba import njit
 
-from aitimestepper.kernels.physics import TINY, leapfrog, min_energy_free_fall, relative_error
+from aitimestepper.kernels.physics import FIELD_MASS, TINY, leapfrog, min_energy_free_fall, relative_error
 
 #: trial steps evaluated side by side
 LANES = 8
@@ -39,7 +39,7 @@ LANE_MAX_BODIES = 8
 @njit(cache=True, error_model="numpy")
 def lane_errors(positions, velocities, acc, masses, eps, steps, before, errors, scratch):
     """Fill ``errors`` (L,) with the relative energy error of one kick-drift-kick step of each
-    size in ``steps`` (L,) from the same state, as :func:`relative_error` of
+    size in ``steps`` (L,) from the same state (no tidal field), as :func:`relative_error` of
     :func:`aitimestepper.kernels.physics.leapfrog`'s energy, bit for bit. ``scratch``: the
     :func:`new_scratch` arrays of the system."""
     kicked, drifted, pulled, work = scratch
@@ -98,18 +98,25 @@ def new_scratch(count, dim):
 
 
 @njit(cache=True)
-def _passes(positions, velocities, acc, masses, eps, dt, before, threshold, x1, v1, a1):
-    return relative_error(before, leapfrog(positions, velocities, acc, masses, eps, dt, x1, v1, a1)) <= threshold
+def _passes(positions, velocities, acc, masses, eps, field, time, dt, before, threshold, x1, v1, a1):
+    after = leapfrog(positions, velocities, acc, masses, eps, field, time, dt, x1, v1, a1)
+    return relative_error(before, after) <= threshold
 
 
 @njit(cache=True)
-def scalar_search(positions, velocities, acc, masses, eps, before, threshold, grid, bisections, x1, v1, a1):
-    """The oracle's step, one trial step at a time (``x1``, ``v1``, ``a1``: (N, D) scratch)."""
+def scalar_search(
+    positions, velocities, acc, masses, eps, field, time, before, threshold, grid, bisections, x1, v1, a1
+):
+    """The oracle's step, one trial step at a time (``x1``, ``v1``, ``a1``: (N, D) scratch;
+    ``field``, ``time``: the system's tidal field and time, see
+    :func:`aitimestepper.kernels.physics.leapfrog`)."""
     scale = min_energy_free_fall(positions, velocities, masses, eps) * threshold ** (1.0 / 3.0)
     points = grid.shape[0]
     failure = points
     for k in range(points):
-        if not _passes(positions, velocities, acc, masses, eps, scale * grid[k], before, threshold, x1, v1, a1):
+        if not _passes(
+            positions, velocities, acc, masses, eps, field, time, scale * grid[k], before, threshold, x1, v1, a1
+        ):
             failure = k
             break
     low = scale * grid[min(max(failure - 1, 0), points - 1)]
@@ -117,7 +124,7 @@ def scalar_search(positions, velocities, acc, masses, eps, before, threshold, gr
     if 0 < failure < points:
         for _ in range(bisections):
             middle = math.sqrt(low * high)
-            if _passes(positions, velocities, acc, masses, eps, middle, before, threshold, x1, v1, a1):
+            if _passes(positions, velocities, acc, masses, eps, field, time, middle, before, threshold, x1, v1, a1):
                 low = middle
             else:
                 high = middle
@@ -169,9 +176,13 @@ def lane_search(positions, velocities, acc, masses, eps, before, threshold, grid
 
 
 @njit(cache=True)
-def search(positions, velocities, acc, masses, eps, before, threshold, grid, bisections, x1, v1, a1, scratch):
-    """The oracle's step by the faster of :func:`lane_search` (up to ``LANE_MAX_BODIES`` bodies)
-    and :func:`scalar_search`, which return the same step."""
-    if positions.shape[0] <= LANE_MAX_BODIES:
+def search(
+    positions, velocities, acc, masses, eps, field, time, before, threshold, grid, bisections, x1, v1, a1, scratch
+):
+    """The oracle's step by the faster of :func:`lane_search` (up to ``LANE_MAX_BODIES`` bodies,
+    no tidal field) and :func:`scalar_search`, which return the same step."""
+    if positions.shape[0] <= LANE_MAX_BODIES and field[FIELD_MASS] == 0.0:
         return lane_search(positions, velocities, acc, masses, eps, before, threshold, grid, bisections, scratch)
-    return scalar_search(positions, velocities, acc, masses, eps, before, threshold, grid, bisections, x1, v1, a1)
+    return scalar_search(
+        positions, velocities, acc, masses, eps, field, time, before, threshold, grid, bisections, x1, v1, a1
+    )

@@ -77,22 +77,83 @@ def kinetic_energy(velocities, masses):
     return 0.5 * kinetic
 
 
+#: a system's tidal-field row (:func:`aitimestepper.fast.field_rows`): host mass (0: no field), the
+#: host's softening, the rotation rate Omega, then the host's position at time 0 (D)
+FIELD_MASS, FIELD_SOFTENING, FIELD_ROTATION, FIELD_POSITION = 0, 1, 2, 3
+
+
 @njit(cache=True)
-def energy(positions, velocities, masses, eps):
-    """Kinetic plus potential energy."""
+def tidal_pull(positions, masses, field, time, acc):
+    """Add the host's tidal accelerations at ``time`` to ``acc`` (N, D) and return the bodies'
+    potential energy sum_i m_i Phi(x_i) in its field (as
+    :class:`aitimestepper.physics.external.TidalField`); nothing to add and 0 without a field."""
+    mass = field[FIELD_MASS]
+    if mass == 0.0:
+        return 0.0
+    count, dim = positions.shape
+    angle = field[FIELD_ROTATION] * time
+    cos, sin = math.cos(angle), math.sin(angle)
+    x0, y0 = field[FIELD_POSITION], field[FIELD_POSITION + 1]
+    host = np.empty(dim)
+    host[0], host[1] = cos * x0 - sin * y0, sin * x0 + cos * y0
+    if dim > 2:
+        host[2] = field[FIELD_POSITION + 2]
+    eps2 = field[FIELD_SOFTENING] * field[FIELD_SOFTENING]
+    host_square = eps2
+    for d in range(dim):
+        host_square += host[d] * host[d]
+    host_root = math.sqrt(host_square)
+    host_cube = host_square * host_root
+    potential = 0.0
+    for i in range(count):
+        square = eps2
+        along = 0.0
+        for d in range(dim):
+            toward = host[d] - positions[i, d]
+            square += toward * toward
+            along += positions[i, d] * host[d]
+        root = math.sqrt(square)
+        cube = square * root
+        for d in range(dim):
+            acc[i, d] += mass * ((host[d] - positions[i, d]) / cube - host[d] / host_cube)
+        potential += masses[i] * (-mass * (1.0 / root - 1.0 / host_root - along / host_cube))
+    return potential
+
+
+@njit(cache=True)
+def spin_term(positions, velocities, masses, field):
+    """-Omega L_z, the Jacobi integral's addition to the energy (0 for a static host or none)."""
+    rotation = field[FIELD_ROTATION]
+    if rotation == 0.0:
+        return 0.0
+    spin = 0.0
+    for i in range(positions.shape[0]):
+        spin += masses[i] * (positions[i, 0] * velocities[i, 1] - positions[i, 1] * velocities[i, 0])
+    return -rotation * spin
+
+
+@njit(cache=True)
+def energy(positions, velocities, masses, eps, field, time):
+    """Kinetic plus potential energy; with a tidal field (``field``, at ``time``), the conserved
+    quantity (:func:`aitimestepper.physics.state.conserved_energy`)."""
     count = positions.shape[0]
     potential = 0.0
     for i in range(count):
         for j in range(i + 1, count):
             potential += masses[i] * masses[j] * (1.0 / math.sqrt(square_distance(positions, i, j, eps)))
-    return kinetic_energy(velocities, masses) - potential
+    total = kinetic_energy(velocities, masses) - potential
+    if field[FIELD_MASS] == 0.0:
+        return total
+    ignored = np.zeros(positions.shape)
+    tidal = tidal_pull(positions, masses, field, time, ignored)
+    return total + tidal + spin_term(positions, velocities, masses, field)
 
 
 @njit(cache=True)
-def leapfrog(positions, velocities, acc, masses, eps, dt, new_positions, new_velocities, new_acc):
-    """One kick-drift-kick step into the ``new_*`` arrays (the inputs are left unchanged); returns
-    the energy after it (:func:`energy` of the new state, bit for bit, from the same pass over the
-    pairs as the new accelerations)."""
+def leapfrog(positions, velocities, acc, masses, eps, field, time, dt, new_positions, new_velocities, new_acc):
+    """One kick-drift-kick step from ``time`` into the ``new_*`` arrays (the inputs are left
+    unchanged); returns the energy after it (:func:`energy` of the new state, bit for bit without
+    a field, from the same pass over the pairs as the new accelerations)."""
     count, dim = positions.shape
     half = 0.5 * dt
     for i in range(count):
@@ -101,10 +162,14 @@ def leapfrog(positions, velocities, acc, masses, eps, dt, new_positions, new_vel
             new_velocities[i, d] = kicked
             new_positions[i, d] = positions[i, d] + dt * kicked
     potential = accelerations(new_positions, masses, eps, new_acc)
+    tidal = tidal_pull(new_positions, masses, field, time + dt, new_acc)
     for i in range(count):
         for d in range(dim):
             new_velocities[i, d] = new_velocities[i, d] + half * new_acc[i, d]
-    return kinetic_energy(new_velocities, masses) - potential
+    total = kinetic_energy(new_velocities, masses) - potential
+    if field[FIELD_MASS] == 0.0:
+        return total
+    return total + tidal + spin_term(new_positions, new_velocities, masses, field)
 
 
 @njit(cache=True)

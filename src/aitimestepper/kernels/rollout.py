@@ -78,6 +78,7 @@ def rollout_kernel(
     shadow_grid,
     shadow_bisections,
     shadow_threshold,
+    fields,
     int_stats,
     float_stats,
     record_time,
@@ -91,20 +92,21 @@ def rollout_kernel(
     ``numbers``: the learned policy (see :func:`aitimestepper.kernels.learned.look_and_step`).
     With a non-empty ``shadow_grid``, a greedy oracle (that grid, ``shadow_bisections``, aimed at
     ``shadow_threshold``) also searches its step at every state the run passes through, without
-    taking it: its steps over the same path are summed as dt / its step. ``record_*`` (B, T) and
+    taking it: its steps over the same path are summed as dt / its step. ``fields`` (B, 3 + D): each
+    system's tidal-field row (:data:`aitimestepper.kernels.physics.FIELD_MASS`; mass 0: none). ``record_*`` (B, T) and
     (B, T, N, D), T = 0 to record nothing: row 0 the start, row s the state after step s (time,
     the step, |E - E0| / |E0|, positions), for s < T."""
     batch, count, dim = positions.shape
     for b in prange(batch):
         x, v, a = positions[b], velocities[b], accelerations[b]
-        m, eps, thr, target = masses[b], softening[b], threshold[b], aim[b]
+        m, eps, thr, target, field = masses[b], softening[b], threshold[b], aim[b], fields[b]
         x1, v1, a1 = np.empty((count, dim)), np.empty((count, dim)), np.empty((count, dim))
         scratch = new_scratch(count, dim)
         history = np.zeros((history_length, ROW_WIDTH))
         filled = 0
-        e0 = energy(x, v, m, eps)
-        e = e0
         t = times[b]
+        e0 = energy(x, v, m, eps, field, t)
+        e = e0
         steps = evaluations = passed = 0
         failed = False
         max_error = max_step = dt_max = dt_sum = 0.0
@@ -134,7 +136,7 @@ def rollout_kernel(
                     next_dt = scalars[2] * min_energy_free_fall(x, v, m, eps) * target ** (1.0 / 3.0)
                 proposed = next_dt
             elif kind == 5:
-                proposed = search(x, v, a, m, eps, e, target, grid, int(scalars[0]), x1, v1, a1, scratch)
+                proposed = search(x, v, a, m, eps, field, t, e, target, grid, int(scalars[0]), x1, v1, a1, scratch)
             else:
                 log_dt, row0, row1, row2 = look_and_step(
                     x, v, a, m, eps, log_threshold, history, filled, network, numbers
@@ -144,10 +146,10 @@ def rollout_kernel(
             reference = math.inf
             if shadowed:
                 reference = search(
-                    x, v, a, m, eps, e, shadow_threshold, shadow_grid, shadow_bisections, x1, v1, a1, scratch
+                    x, v, a, m, eps, field, t, e, shadow_threshold, shadow_grid, shadow_bisections, x1, v1, a1, scratch
                 )
             dt = min(proposed, end_time[b] - t)
-            e1 = leapfrog(x, v, a, m, eps, dt, x1, v1, a1)
+            e1 = leapfrog(x, v, a, m, eps, field, t, dt, x1, v1, a1)
             error = relative_error(e, e1)
             evaluations += 1 + extra_evaluations
             if gated:
@@ -155,7 +157,7 @@ def rollout_kernel(
                     if error <= thr and all_finite(x1) and all_finite(v1) and all_finite(a1):
                         break
                     dt = dt * GATE_SHRINK
-                    e1 = leapfrog(x, v, a, m, eps, dt, x1, v1, a1)
+                    e1 = leapfrog(x, v, a, m, eps, field, t, dt, x1, v1, a1)
                     error = relative_error(e, e1)
                     evaluations += 1
             if not (all_finite(x1) and all_finite(v1) and all_finite(a1) and math.isfinite(e1)):
