@@ -9,8 +9,9 @@ Costs follow one convention (:mod:`aitimestepper.policies`); ratios are per syst
 oracle's steps (on its own run, and along the policy's own path: see :func:`family_report`) and
 to the family's *best classical* policy: the cheapest classical policy whose steps pass the gate
 at least ``PASS_TARGET`` of the time on the family (the controller, gated, always qualifies).
-Rollouts run compiled, in parallel over systems; every system's run is deterministic, so the
-report does not depend on the number of threads.
+Rollouts run compiled; the tunings and then every policy's runs of every (family, threshold) are
+jobs run side by side on numba's threads, one thread each. Every system's run is deterministic,
+so the report does not depend on the number of threads or the order the jobs finish in.
 """
 
 from __future__ import annotations
