@@ -66,6 +66,26 @@ def test_simulate_writes_metrics(tmp_path):
     assert {p.name for p in (tmp_path / "out/plots").iterdir()} == {"orbits.png", "energy_error.png", "dt.png"}
 
 
+def test_simulate_puts_the_drawn_systems_in_the_field_of_physics_external(tmp_path):
+    """``physics.external`` in params.yaml: every simulated system feels the host (the gated
+    quantity is then the Jacobi integral); the metrics say which field."""
+    path = small_params(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["physics"] = {"external": {"host_mass": 50.0, "host_position": [6.0, 0.0], "orbit": "circular"}}
+    path.write_text(yaml.safe_dump(data))
+    done = aits("simulate", "--model", "energy_feedback", "--gated", "--output", "out/sim.json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "out/sim.json").read_text())
+    assert metrics["tidal_field"] == "circular" and metrics["summary"]["all_reached_end"]
+    assert metrics["summary"]["max_step_energy_error"] <= 2e-4 * (1 + 1e-9)
+    assert metrics["summary"]["max_momentum_drift"] > 1e-4  # the host pulls on the binaries
+    data["physics"] = {"external": None}
+    path.write_text(yaml.safe_dump(data))
+    done = aits("simulate", "--model", "energy_feedback", "--gated", "--output", "bare/sim.json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "bare/sim.json").read_text())["summary"]["max_momentum_drift"] < 1e-12
+
+
 def test_bad_params_exit_2_name_the_key_and_write_nothing(tmp_path):
     path = small_params(tmp_path)
     path.write_text(path.read_text().replace("energy_threshold: 0.0002", "energy_threshold: -1"))

@@ -35,7 +35,7 @@ def test_shipped_params_load_with_their_documented_defaults():
     params = load_params(SHIPPED)
     assert params.energy_threshold == 2e-4
     families = {component.family for component in params.systems.values()}
-    assert families == {"binary", "hierarchical_triple", "democratic_triple", "planetary", "plummer"}
+    assert families == {"binary", "hierarchical_triple", "democratic_triple", "planetary", "plummer", "tidal"}
     assert params.systems["democratic_triple_unsoftened"].softening == (0.0, 0.0)
     assert all(component.dims == (2, 3) and component.weight > 0 for component in params.systems.values())
     assert params.systems["binary"].eccentricity == (0.0, 0.995)
@@ -87,6 +87,13 @@ BAD_EDITS = [
     ("simulation.policy", "rk4", "'fixed', 'free_fall', 'energy_free_fall', 'prs23', 'energy_feedback' or 'oracle'"),
     ("evaluation.suite.plummer.systems", 0, "greater than or equal to 1"),
     ("training", "none", "valid dictionary"),
+    ("physics.external", {"host_mass": -1.0, "host_position": [50.0, 0.0, 0.0]}, "greater than 0"),
+    ("physics.external", {"host_mass": 1.0, "host_position": [50.0, 0.0], "orbit": "elliptic"}, "'static' or"),
+    ("physics.external", {"host_mass": 1.0, "host_position": [0.0, 0.0, 0.0]}, "must not be the origin"),
+    ("physics.external", {"host_mass": 1.0, "host_position": [1.0, 2.0, 3.0, 4.0]}, "at most 3 items"),
+    ("physics.external", {"host_mass": 1.0}, "Field required"),
+    ("systems.tidal.jacobi_fraction", [0.0, 0.5], "greater than 0"),
+    ("systems.tidal.orbits", ["parabolic"], "'static' or 'circular'"),
 ]
 
 
@@ -106,12 +113,21 @@ IMPOSSIBLE = [
     ("systems", {"p": {"family": "planetary", "planets": [4, 2]}}, "planets = [4, 2]: the low end must be <="),
     ("systems", {"b": {"family": "binary", "weight": 0.0}}, "at least one family needs a weight > 0"),
     ("model", {"min_correction": 0.5, "initial_correction": 0.1}, "need min_correction (0.5) <= initial_correction"),
+    ("physics", {"external": {"host_mass": 1.0, "host_position": [50.0, 0.0]}}, "simulation.systems.dims must be [2]"),
+    (
+        "simulation",
+        {"systems": {"family": "tidal", "dims": [3]}, "_physics": {"host_mass": 1.0, "host_position": [50.0, 0, 0]}},
+        "the tidal family's systems bring their own hosts",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("section", "value", "rule"), IMPOSSIBLE)
 def test_impossible_combinations_are_refused(tmp_path, section, value, rule):
     data = shipped()
+    value = dict(value)
+    if "_physics" in value:  # a second section edited with the first
+        data["physics"] = {"external": value.pop("_physics")}
     data[section] = value if section == "systems" else {**data[section], **value}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))

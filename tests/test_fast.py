@@ -36,6 +36,7 @@ CASES = (
     ("democratic_triple", {"softening": (0.0, 0.0)}, 2),
     ("planetary", {"planets": (1, 3)}, 6),
     ("plummer", {"bodies": (4, 8)}, 6),
+    ("tidal", {"bodies": (2, 4)}, 6),
 )
 #: The network computes in float32 (torch accumulates its matrix products in float32, the kernel in
 #: float64 before rounding) on inputs rounded to float32: its log corrections differ by float32
@@ -57,6 +58,13 @@ LEARNED_POSITIONS_RTOL = 1e-5
 #: on them over LEARNED_CHAOTIC_DURATION, before the amplification; elsewhere over DURATION.
 LEARNED_CHAOTIC_DURATION = 0.1
 CHAOTIC_FAMILIES = ("democratic_triple", "plummer")
+
+
+def chaotic_system(label: dict) -> bool:
+    """Democratic triples and clusters, in a tidal field or not."""
+    return label["family"] in CHAOTIC_FAMILIES or label.get("system") in CHAOTIC_FAMILIES
+
+
 #: Gated, a perturbed network reading past states is itself an unstable feedback where it keeps
 #: overshooting the gate: each rejection halves a step the next proposal reads back (its correction,
 #: and the quartic step's finite difference of R over it). Measured on a gated unsoftened 2-D triple:
@@ -99,6 +107,8 @@ def kind(label: dict) -> str:
         return f"planetary_{label['planets']}"
     if label["family"] == "plummer":
         return f"plummer_{label['bodies']}"
+    if label["family"] == "tidal":
+        return f"tidal_{label['system']}"
     return label["family"]
 
 
@@ -112,6 +122,8 @@ EXPECTED_KINDS = {
     "planetary_3",
     "plummer_4",
     "plummer_8",
+    "tidal_binary",
+    "tidal_plummer",
 }
 
 
@@ -210,7 +222,11 @@ def assert_same_trajectory(reference: Trajectory, compiled: Trajectory, dt_rtol:
     times = reference.time.abs().max() * max(dt_rtol, 1e-12)
     assert torch.allclose(reference.dt, compiled.dt, rtol=dt_rtol, atol=times)
     assert torch.allclose(reference.time, compiled.time, rtol=0, atol=times)
-    assert torch.allclose(reference.energy_error, compiled.energy_error, rtol=3 * dt_rtol, atol=1e-12)
+    # the accumulated error crosses 0 where steps' errors of both signs cancel: its round-off is
+    # that of the steps summed, 3 dt_rtol of the largest accumulated error of the system's run
+    largest = reference.energy_error.abs().amax(dim=0, keepdim=True)
+    difference = (reference.energy_error - compiled.energy_error).abs()
+    assert (difference <= 3 * dt_rtol * torch.maximum(reference.energy_error.abs(), largest) + 1e-12).all()
     scale = reference.positions.abs().amax()
     assert (reference.positions - compiled.positions).abs().max() <= positions_rtol * scale
 
@@ -229,7 +245,7 @@ def test_compiled_rollout_equals_the_torch_reference(name, batches, learned):
     for group in batches:
         policy, gated = contender(name, group, learned)
         assert fast.supports(policy)
-        chaotic = any(label["family"] in CHAOTIC_FAMILIES for label in group.labels)
+        chaotic = any(chaotic_system(label) for label in group.labels)
         duration = LEARNED_CHAOTIC_DURATION if name.startswith("learned") and chaotic else DURATION
         feedback = gated and policy.history_len > 0
         reference, compiled = both_engines(
@@ -373,7 +389,9 @@ def test_per_system_caps_and_thresholds_are_honoured_alike(name, learned):
     """Each system of a batch runs as it would alone, with its own step cap and its own threshold:
     the gate's (gated free-fall) or the one the network aims at (learned, ungated)."""
     (group,) = binaries(4, torch.Generator().manual_seed(11), dim=2, eccentricity=(0.5, 0.9))
-    thresholds = torch.tensor([1e-3, 2e-4, 5e-5, 2e-4], dtype=torch.float64)
+    # (at 1e-3 a perturbed network can blow system 0 apart, where its huge steps amplify float32
+    # round-off: measured 110% energy error in 17 steps, positions 1.3e-5 apart between engines)
+    thresholds = torch.tensor([5e-4, 2e-4, 5e-5, 2e-4], dtype=torch.float64)
     caps = torch.tensor([3_000, 7, 3_000, 40])
     if name == "learned":
         policy, gated, aimed = learned[0].at_threshold(thresholds), False, learned[0].at_threshold

@@ -295,3 +295,55 @@ def test_the_quintic_steps_crossing_is_the_first_on_a_dense_scan():
     first = torch.where(reached.any(1), grid[reached.to(torch.int64).argmax(1)], torch.tensor(3.0, dtype=torch.float64))
     assert (crossing - first).abs().max().item() <= 1e-4  # the scan's spacing
     assert (crossing.abs() < 3.0).sum() > 500 and crossing[-2] == -3.0 and crossing[-1] == 3.0
+
+
+def tidal_systems_of(dim: int) -> list[State]:
+    """Binaries and 4- and 8-body clusters in tidal fields, static and circular hosts."""
+    from aitimestepper.systems.families import tidal_systems
+
+    return [group.state for group in tidal_systems(12, torch.Generator().manual_seed(dim), dim=dim)]
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_the_tidal_strength_reads_the_field_and_is_invariant_to_units_and_rotations_about_z(dim):
+    """0 without a field; in one log(1 + chi / 1e-4) with chi = M s**2 / |R|**3 (s the smallest
+    step), growing with the field; unchanged by a change of units (the host with the system) and by
+    turning system and host together about z (the host's orbital axis); |E| is the gated one."""
+    from aitimestepper.features import TIDAL_COLUMN, TIDAL_SCALE
+    from aitimestepper.physics.external import TidalField
+
+    for state in tidal_systems_of(dim):
+        seen = look(state, CANDIDATES)
+        bare = State.from_arrays(state.positions, state.velocities, state.masses, state.softening)
+        assert torch.equal(look(bare, CANDIDATES).context[:, TIDAL_COLUMN], torch.zeros(state.batch_size))
+        field = state.external
+        distance = field.host_position.norm(dim=1)
+        chi = field.host_mass / distance**3 * (2.0 * seen.rows[:, 0]).exp()
+        torch.testing.assert_close(seen.context[:, TIDAL_COLUMN], (chi / TIDAL_SCALE).log1p(), rtol=1e-12, atol=0)
+        stronger = TidalField(field.host_mass * 8.0, field.host_position, field.softening, field.rotation)
+        pulled = State.from_arrays(state.positions, state.velocities, state.masses, state.softening, external=stronger)
+        assert (look(pulled, CANDIDATES).context[:, TIDAL_COLUMN] > seen.context[:, TIDAL_COLUMN]).all()
+        # the pair shares read the gated |E| (with the field's potential and -Omega L_z)
+        share = seen.pair_features[:, 0, 3]
+        gated = state.energy().abs().log()
+        assert not torch.allclose(gated, look(bare, CANDIDATES).pair_features[:, 0, 3] - share + gated, atol=1e-6)
+        length, mass = 10.0, 100.0
+        scaled_field = field.scaled(length, mass)
+        scaled = State.from_arrays(
+            state.positions * length,
+            state.velocities * math.sqrt(mass / length),
+            state.masses * mass,
+            state.softening * length,
+            external=scaled_field,
+        )
+        assert_same_look(seen, look(scaled, CANDIDATES), math.log(math.sqrt(length**3 / mass)))
+        angle = 0.7
+        turn = torch.eye(dim, dtype=torch.float64)
+        turn[:2, :2] = torch.tensor(
+            [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]], dtype=torch.float64
+        )
+        turned_field = TidalField(field.host_mass, field.host_position @ turn.T, field.softening, field.rotation)
+        turned = State.from_arrays(
+            state.positions @ turn.T, state.velocities @ turn.T, state.masses, state.softening, external=turned_field
+        )
+        assert_same_look(seen, look(turned, CANDIDATES))

@@ -70,6 +70,20 @@ def test_pyfunc_round_trip_through_the_registry_by_alias(store, tiny_checkpoint)
     assert 1.6 < answer["steps"][3] / answer["steps"][0] < 2.5
 
 
+def test_a_model_trained_without_a_tidal_family_refuses_rows_in_a_field():
+    """The request's host columns reach the policy: a network trained without the tidal family
+    refuses them (a request error: HTTP 400 when served), and steps the rows without one."""
+    from aitimestepper.model import LearnedPolicy, build_network
+    from aitimestepper.serving import RequestError
+
+    params = tiny_params(**{"systems.tidal.weight": 0.0})
+    policy = LearnedPolicy(build_network(params), params)
+    with pytest.raises(RequestError, match="trained without systems in a tidal field"):
+        simulate_requests(policy, parse_requests(example_request(2e-4, field=True)), 2e-4)
+    answer = simulate_requests(policy, parse_requests(example_request(2e-4)), 2e-4)
+    assert bool(answer["reached_end"].all())
+
+
 def test_pyfunc_refuses_malformed_requests(store, tiny_checkpoint):
     version = register(tiny_checkpoint)
     served = mlflow.pyfunc.load_model(f"models:/{NAME}/{version}")

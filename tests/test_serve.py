@@ -150,6 +150,30 @@ def test_served_model_answers_and_refuses_malformed_requests(server):
     assert post(server, split(example_request(2e-4))).status_code == 200
 
 
+def test_the_served_model_integrates_systems_in_a_tidal_field(server):
+    """The host columns put a row's system in a host's tidal field (the example's second row: a
+    circular orbit about a host whose Jacobi radius is 4 binary separations); rows without them
+    beside it feel none; bad host columns get HTTP 400 naming the column."""
+    frame = example_request(2e-4, field=True)
+    answer = post(server, split(frame))
+    assert answer.status_code == 200, answer.text
+    bare, in_field = strict(answer)["predictions"]
+    assert bare["reached_end"] and in_field["reached_end"] and in_field["gate_pass_rate"] == 1.0
+    alone = strict(post(server, split(example_request(2e-4))))["predictions"][0]
+    assert bare["final_positions"] == alone["final_positions"]  # its neighbour's field does not reach it
+    assert in_field["final_positions"] != bare["final_positions"]
+
+    wrong_dimension = example_request(2e-4, field=True)
+    wrong_dimension.at[1, "host_position"] = [10.0, 0.0, 0.0]
+    refused = post(server, split(wrong_dimension))
+    assert refused.status_code == 400 and "host_position must be 2 finite numbers" in refused.text
+    without_position = example_request(2e-4, field=True)
+    without_position.at[1, "host_position"] = None
+    refused = post(server, split(without_position))
+    assert refused.status_code == 400 and "host_mass and host_position go together" in refused.text
+    strict(refused)
+
+
 @pytest.mark.parametrize("kind", KINDS, ids=lambda kind: kind.name)
 def test_every_kind_of_invalid_system_gets_http_400_naming_it(server, kind):
     # the request carries NaN and infinities as JSON's NaN/Infinity tokens (what a Python client sends)

@@ -37,6 +37,7 @@ from aitimestepper.systems import (
     relative_orbit,
     save_systems,
     solve_kepler,
+    tidal_systems,
 )
 from aitimestepper.systems.families import _plummer_sphere
 from invalid_systems import KINDS
@@ -44,7 +45,7 @@ from invalid_systems import KINDS
 DTYPE = torch.float64
 DIMS = [2, 3]
 # systems per family in the generic tests: enough to hit every body count of the grouped families
-COUNTS = {"binary": 64, "hierarchical_triple": 64, "democratic_triple": 64, "planetary": 64, "plummer": 24}
+COUNTS = {"binary": 64, "hierarchical_triple": 64, "democratic_triple": 64, "planetary": 64, "plummer": 24, "tidal": 32}
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -584,6 +585,7 @@ def test_scaled_copies_follow_the_same_dynamics_in_dimensionless_units():
     for original in (
         binaries(4, seeded(16), dim=2, eccentricity=(0.5, 0.9))[0],
         democratic_triples(4, seeded(17), dim=3, softening=(0.01, 0.05))[0],
+        tidal_systems(6, seeded(21), dim=3, bodies=(4,), orbits=("circular",))[0],
     ):
         scaled = original.scaled(length, mass)
         torch.testing.assert_close(scaled.time_scale, original.time_scale * time, rtol=1e-15, atol=0)
@@ -601,6 +603,39 @@ def test_scaled_copies_follow_the_same_dynamics_in_dimensionless_units():
         torch.testing.assert_close(two.time / time, one.time, rtol=1e-13, atol=0)
     with pytest.raises(ValueError, match="length = 0.0 is invalid"):
         original.scaled(0.0, 1.0)
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_tidal_systems_sit_at_their_drawn_fraction_of_the_jacobi_radius(dim):
+    """r / r_J = jacobi_fraction with r_J = R (m / (3 M))**(1/3), r the binary's apocentre
+    separation or the cluster's virial radius; M / m the drawn ratio; the host in the x-y plane,
+    static or turning at sqrt(M / R**3); both orbits drawn; the energy gated is the Jacobi one."""
+    sets = tidal_systems(40, seeded(22), dim=dim, jacobi_fraction=(0.2, 0.6), host_mass_ratio=(1e3, 1e5))
+    assert [s.num_bodies for s in sets] == [2, 4, 8]
+    orbits = set()
+    for system_set in sets:
+        state, field = system_set.state, system_set.state.external
+        mass = state.masses.sum(dim=-1)
+        distance = field.host_position.norm(dim=-1)
+        if dim == 3:
+            assert torch.equal(field.host_position[:, 2], torch.zeros(len(system_set), dtype=torch.float64))
+        jacobi = distance * (mass / (3.0 * field.host_mass)) ** (1.0 / 3.0)
+        for k, label in enumerate(system_set.labels):
+            size = label["a"] * (1 + label["e"]) if label["system"] == "binary" else 1.0
+            assert size / jacobi[k].item() == pytest.approx(label["jacobi_fraction"], rel=1e-12)
+            assert 0.2 <= label["jacobi_fraction"] <= 0.6 and 1e3 <= label["host_mass_ratio"] <= 1e5
+            assert field.host_mass[k].item() == pytest.approx(label["host_mass_ratio"] * mass[k].item(), rel=1e-12)
+            spin = math.sqrt(field.host_mass[k].item() / distance[k].item() ** 3)
+            assert field.rotation[k].item() == (pytest.approx(spin, rel=1e-12) if label["orbit"] == "circular" else 0)
+            orbits.add(label["orbit"])
+        bare = gravity.total_energy(state.positions, state.velocities, state.masses, state.softening)
+        circular = field.rotation > 0
+        assert not torch.allclose(state.energy()[circular], bare[circular])  # -Omega L_z and the tide
+    assert orbits == {"static", "circular"}
+    with pytest.raises(ValueError, match="orbits"):
+        tidal_systems(4, seeded(0), dim=dim, orbits=("elliptic",))
+    with pytest.raises(ValueError, match="jacobi_fraction"):
+        tidal_systems(4, seeded(0), dim=dim, jacobi_fraction=(0.5, 0.1))
 
 
 def test_system_sets_concatenate_select_and_group():

@@ -41,7 +41,7 @@ def untimed(history):
 
 
 def test_the_mixture_shares_the_systems_among_every_family_dimension_and_body_count():
-    params = tiny_params(**{"training.num_systems": 40, "systems.plummer.weight": 2.0})
+    params = tiny_params(**{"training.num_systems": 64, "systems.plummer.weight": 2.0})
     chosen = sources(params)
     labels = {source.label for source in chosen}
     assert {"binary/2d/n2", "binary/3d/n2", "planetary/3d/n3", "plummer/2d/n8", "democratic_triple/3d/n3"} <= labels
@@ -106,6 +106,28 @@ def test_warm_up_steps_are_discarded():
     assert stats["warmup_discarded"] == systems
     assert len(buffer) == systems
     assert all(bool((ring.tensors["filled"][: ring.size] == 3).all()) for ring in buffer.rings.values())
+
+
+def test_the_buffer_keeps_each_states_time_and_tidal_field():
+    """Replayed states are the collected ones: a host on a circular orbit is where it was at the
+    state's time, and systems without a field (host mass 0) share the ring with systems in one."""
+    from aitimestepper.physics.integrator import leapfrog_step
+    from aitimestepper.physics.state import State
+    from aitimestepper.systems import tidal_systems
+    from aitimestepper.training.mixture import embed_in_3d
+
+    (in_field,) = tidal_systems(3, torch.Generator().manual_seed(3), dim=2, bodies=(2,), orbits=("circular",))
+    (bare,) = binaries(2, torch.Generator().manual_seed(4), dim=2)
+    state = embed_in_3d(State.concatenate([in_field.state, bare.state]))
+    state = leapfrog_step(state, torch.full((5,), 0.01, dtype=torch.float64))
+    buffer = ReplayBuffer(10)
+    buffer.add(state, History.empty(5, 0, 4))
+    replayed, _ = buffer.gather(2, torch.arange(5))
+    assert torch.equal(replayed.time, state.time)
+    assert replayed.external.present.tolist() == [True, True, True, False, False]
+    assert torch.equal(replayed.external.host_position, state.external.host_position)
+    assert torch.equal(replayed.energy(), state.energy())
+    assert torch.equal(replayed.accelerations, state.accelerations)
 
 
 def synthetic_buffer(count=256):

@@ -20,8 +20,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from aitimestepper.systems.specs import FAMILY_NAMES, MixtureComponent, SuiteEntry
 
-#: 4: the Kepler step's fine scan and its cancellation in the policy's context (3: a coarse grid)
-CONTRACT_VERSION = 4
+#: 5: the tidal-strength column of the context and the gated |E| in a field (4: the Kepler step's fine
+#: scan and its cancellation)
+CONTRACT_VERSION = 5
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 #: set while :meth:`Params.from_values` validates: no other source is read
 _EXPLICIT: contextvars.ContextVar[bool] = contextvars.ContextVar("explicit_params", default=False)
@@ -221,6 +222,7 @@ def _default_suite() -> dict[str, Any]:
         },
         "planetary": {"family": "planetary", "systems": 4, "duration": 10.0},
         "plummer": {"family": "plummer", "systems": 4, "duration": 2.0},
+        "tidal": {"family": "tidal", "systems": 4, "duration": 5.0},
     }
 
 
@@ -248,6 +250,39 @@ class EvaluationParams(Section):
         4, ge=1, le=10_000, description="Systems per dimension the classical rules are tuned on (training seed)."
     )
     tuning_duration: float = Field(1.0, gt=0.0, le=1e4, description="Time scales of each tuning run.")
+
+
+class HostParams(Section):
+    """A point-mass host whose tidal field every simulated system feels
+    (:mod:`aitimestepper.physics.external`; G = 1, the systems' own units)."""
+
+    host_mass: float = Field(gt=0.0, allow_inf_nan=False, description="The host's mass M (mass units).")
+    host_position: tuple[float, ...] = Field(
+        min_length=2,
+        max_length=3,
+        description="R at time 0 relative to each system's centre (D components, the systems' dimension).",
+    )
+    orbit: Literal["static", "circular"] = Field(
+        "static", description="static: R fixed; circular: R turns at Omega = sqrt(M / |R|**3) in the x-y plane."
+    )
+    softening: float = Field(0.0, ge=0.0, allow_inf_nan=False, description="Softening of the host's pull (length).")
+
+    @model_validator(mode="after")
+    def _valid_host(self) -> HostParams:
+        import torch
+
+        from aitimestepper.physics.external import TidalField
+
+        TidalField.build(torch.tensor(self.host_mass), torch.tensor(self.host_position), self.orbit, self.softening)
+        return self
+
+
+class PhysicsParams(Section):
+    """Physics beyond the bodies' mutual gravity, for the simulate stage."""
+
+    external: HostParams | None = Field(
+        None, description="A host's tidal field on every system of simulation.systems (null: none)."
+    )
 
 
 class TrackingParams(Section):
@@ -282,6 +317,7 @@ class Params(BaseSettings):
     training: TrainingParams = Field(default_factory=TrainingParams, description="Training routine.")
     simulation: SimulationParams = Field(default_factory=SimulationParams, description="Simulation stage.")
     evaluation: EvaluationParams = Field(default_factory=EvaluationParams, description="Evaluation stage.")
+    physics: PhysicsParams = Field(default_factory=PhysicsParams, description="External fields (simulate stage).")
     tracking: TrackingParams = Field(default_factory=TrackingParams, description="Tracking names.")
 
     @classmethod
@@ -322,7 +358,25 @@ class Params(BaseSettings):
             )
         if not any(component.weight > 0 for component in self.systems.values()):
             raise ValueError(f"systems: at least one family needs a weight > 0, got {list(self.systems)} all at 0")
+        host = self.physics.external
+        simulated = self.simulation.systems
+        if host is not None and set(simulated.dims) != {len(host.host_position)}:
+            raise ValueError(
+                f"physics.external.host_position has {len(host.host_position)} components, so simulation.systems.dims "
+                f"must be [{len(host.host_position)}], got {list(simulated.dims)}"
+            )
+        if host is not None and simulated.family == "tidal":
+            raise ValueError(
+                "physics.external and simulation.systems.family = tidal both set a field: the tidal family's systems "
+                "bring their own hosts (set physics.external to null, or simulate another family)"
+            )
         return self
+
+    @property
+    def trained_in_field(self) -> bool:
+        """Whether the training mixture holds systems in a tidal field (a ``tidal`` family with a
+        weight > 0): a model trained on it can step systems in a field."""
+        return any(component.family == "tidal" and component.weight > 0 for component in self.systems.values())
 
     def to_contract(self) -> dict[str, Any]:
         """Plain JSON-compatible dict: every setting plus ``contract_version``."""

@@ -178,6 +178,7 @@ def fast_rollout(
         accelerations=torch.from_numpy(accelerations),
         time=torch.from_numpy(times),
         softening=state.softening,
+        external=state.external,
     )
     steps = torch.from_numpy(int_stats[:, 0].copy())
     floats = torch.from_numpy(float_stats)

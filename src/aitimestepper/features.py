@@ -37,7 +37,12 @@ Per look, over the P = N (N - 1) / 2 pairs i < j (components-first, one pass):
         alpha = (r . v) / s**2, A = a_j - a_i. The step that would reach the gate is
         h_1 = (12 |E| / |R|)**(1/3) (threshold 1). The context holds log(h_1 / min step) (clipped to
         [-3, 3]: R vanishes at the apsides of an orbit, where higher orders decide) and
-        log(|R| / sum_ij |pair term| + 1e-8) (how much the pairs' terms cancel).
+        log(|R| / sum_ij |pair term| + 1e-8) (how much the pairs' terms cancel), and the *tidal
+        strength* of a host's field (:mod:`aitimestepper.physics.external`): log(1 + chi / 1e-4),
+        chi = M s**2 / |R|_s**3 with s the smallest step (threshold 1), the host's tidal pull
+        across the step's time against the critical pair's own (about (r / r_J)**3 / 5 for a
+        binary of size r and Jacobi radius r_J; it grows without bound as a system dissolves into
+        the field, where the field's own step error decides); 0 without a field.
     The leading-order step ignores how R changes during the step; the *quartic step* does not.
         A symmetric integrator conserves a modified energy E + dt**2 H_2 + O(dt**4), so one step
         changes E by -dt**2 [H_2(t + dt) - H_2(t)], and with R / 12 = -dH_2/dt the error is
@@ -83,10 +88,12 @@ Per look, over the P = N (N - 1) / 2 pairs i < j (components-first, one pass):
         step relative to the current one, the past crowding, error and correction; unfilled slots
         are all zeros (zero padding).
 
-|E| and K are taken in the centre-of-mass frame. Every feature is a ratio of quantities built from
-G, masses, separations, velocities and accelerations: unchanged when bodies are relabelled, the
-system is translated, boosted or rotated, or lengths and masses are rescaled (velocities as
-sqrt(mass / length)).
+|E| and K are taken in the centre-of-mass frame; in a tidal field |E| is the quantity the gate
+measures (the energy with the field's potential, or the Jacobi integral) in the field's frame. Every
+feature is a ratio of quantities built from G, masses, separations, velocities and accelerations:
+unchanged when bodies are relabelled, the system is translated, boosted or rotated, or lengths and
+masses are rescaled (velocities as sqrt(mass / length); a host's mass and position with them). A
+field breaks translations and boosts (the host pulls towards itself) but not the rest.
 """
 
 from __future__ import annotations
@@ -103,8 +110,12 @@ from aitimestepper.physics import gravity
 from aitimestepper.physics.state import State
 
 PAIR_FEATURES = 7
-#: context columns of a look (crowding, virial ratio, leading-order step, cancellation) ...
-LOOK_FEATURES = 4
+#: context columns of a look (crowding, virial ratio, leading-order step, cancellation, tidal
+#: strength) ...
+LOOK_FEATURES = 5
+#: the tidal strength's column: log(1 + chi / TIDAL_SCALE), chi = M s**2 / |R|_s**3 (0 without a field)
+TIDAL_COLUMN = 4
+TIDAL_SCALE = 1e-4
 #: ... and of the current state in the network's context: those, the quartic, quintic and Kepler
 #: steps and the cancellation of the Kepler error at the Kepler step
 CONTEXT_FEATURES = LOOK_FEATURES + 4
@@ -369,7 +380,10 @@ def _pairs(state: State) -> _Pairs:
     total = masses.sum(dim=1, keepdim=True)
     bulk = (masses.unsqueeze(-1) * state.velocities).sum(dim=1) / total  # (M, D)
     kinetic = gravity.kinetic_energy(state.velocities - bulk.unsqueeze(1), masses)
-    energy = (kinetic - potential).abs().clamp_min(TINY)
+    energy = (kinetic - potential).abs()
+    if state.external is not None:  # the gated quantity: with the field's terms, in the field's frame
+        energy = torch.where(state.external.present, state.energy().abs(), energy)
+    energy = energy.clamp_min(TINY)
     gm = gravity.GRAVITATIONAL_CONSTANT * mass
     # log [tau (|E| r / (G m_i m_j))**(1/3)] = log tau + (log |E| - log G m_i m_j - log(1/r)) / 3
     log_tau = 0.5 * ((square * square.sqrt()) / gm).log()
@@ -441,6 +455,7 @@ def _look(state: State, candidates: int) -> PairLook:
         -RATE_STEP_CLIP, RATE_STEP_CLIP
     )
     cancellation = (rate / spread.clamp_min(TINY) + CANCELLATION_FLOOR).log()
+    tidal = _tidal_strength(state, all_minimum.squeeze(1))
     # what the candidates alone would add to R: the rest of R stays with the leading order
     own_rate = _rate_terms(r, v, mutual, square, product).sum(dim=1)
     cube = (_ERROR_ORDER * all_minimum.squeeze(1)).exp()
@@ -457,11 +472,20 @@ def _look(state: State, candidates: int) -> PairLook:
     return PairLook(
         log_step=log_step,
         pair_features=features,
-        context=torch.stack([crowding, virial, rate_step, cancellation], dim=1),
+        context=torch.stack([crowding, virial, rate_step, cancellation, tidal], dim=1),
         rows=torch.stack([all_minimum.squeeze(1), crowding, signed_rate / (12.0 * pairs.energy) * cube], dim=1),
         kepler=kepler,
         kepler_rest=(signed_rate - own_rate) / (12.0 * pairs.energy) * cube,
     )
+
+
+def _tidal_strength(state: State, minimum: Tensor) -> Tensor:
+    """(B,) log(1 + chi / TIDAL_SCALE), chi = M s**2 / |R|_s**3 the host's tidal pull across the
+    step unit s = exp(``minimum``) (threshold 1) against the critical pair's: 0 without a field."""
+    if state.external is None:
+        return torch.zeros_like(minimum)
+    chi = state.external.tidal_frequency_square(state.time) * (2.0 * minimum).exp()
+    return (chi / TIDAL_SCALE).log1p()
 
 
 def _energy_error_rate(pairs: _Pairs) -> tuple[Tensor, Tensor]:

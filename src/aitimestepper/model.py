@@ -173,20 +173,23 @@ class LearnedPolicy(TimeStepPolicy):
         """The policy's one pairwise look at ``state``.
 
         Raises:
-            ValueError: ``state`` feels a tidal field, which this network's features do not
-                represent (they read the bodies' mutual gravity only).
+            ValueError: ``state`` feels a tidal field and the network never saw one (see
+                :meth:`refuse_field`).
         """
         self.refuse_field(state)
         return look(state, self.candidates)
 
-    @staticmethod
-    def refuse_field(state: State) -> None:
-        """Raise ValueError if ``state`` feels a tidal field: the features do not represent one."""
-        if state.external is not None:
-            raise ValueError(
-                "the learned policy's features do not represent an external tidal field (they read the bodies' "
-                "mutual gravity only): simulate systems in a field with a classical policy or the oracle"
-            )
+    def refuse_field(self, state: State) -> None:
+        """Raise ValueError if ``state`` feels a tidal field and this network was trained without
+        systems in one: its tidal-strength feature was 0 on every training state, so it has no
+        answer for a field (the features represent one; the training did not)."""
+        if state.external is None or self.params.trained_in_field or not bool(state.external.present.any()):
+            return
+        raise ValueError(
+            "this model was trained without systems in a tidal field (its training mixture has no 'tidal' family), "
+            "so it cannot judge the field's strength: retrain with a 'tidal' family in params.yaml 'systems', or "
+            "simulate systems in a field with a classical policy or the oracle"
+        )
 
     def step_size(
         self, state: State, history: History, energy_threshold: Tensor | None = None

@@ -13,7 +13,15 @@ from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import ColSpec, Schema
 
 CHECKPOINT_ARTIFACT = "checkpoint"
-OPTIONAL_INPUTS = ("softening", "max_steps", "energy_threshold")
+OPTIONAL_INPUTS = (
+    "softening",
+    "max_steps",
+    "energy_threshold",
+    "host_mass",
+    "host_position",
+    "host_orbit",
+    "host_softening",
+)
 
 
 class SimulationModel(PythonModel):
@@ -46,7 +54,7 @@ def log_simulation_model(checkpoint: Path, name: str = "model", registered_model
     from aitimestepper.serving import example_request, parse_requests, simulate_requests
 
     policy = load_policy(checkpoint)
-    example = example_request(policy.params.energy_threshold)
+    example = example_request(policy.params.energy_threshold, field=policy.params.trained_in_field)
     output = simulate_requests(policy, parse_requests(example), policy.params.energy_threshold)
     return mlflow.pyfunc.log_model(
         name=name,

@@ -10,6 +10,11 @@ A request is a table with one row per system:
 | ``duration`` | float > 0 | time to integrate (time units) |
 | ``softening`` | float >= 0, optional (default 0) | Plummer softening length |
 | ``max_steps`` | int >= 1, optional (default and cap 100000) | hard cap on steps |
+| ``energy_threshold`` | float in (0, 1), optional (default: the model's) | the gate, and the policy's aim |
+| ``host_mass`` | float > 0, optional | a point-mass host's mass: the system feels its tidal field |
+| ``host_position`` | D floats, with ``host_mass`` | the host's position at time 0, relative to the system's origin |
+| ``host_orbit`` | ``static`` or ``circular``, optional (default static) | the host's orbit (see below) |
+| ``host_softening`` | float >= 0, optional (default 0) | softening of the host's pull |
 
 The answer has one row per system: ``steps``, ``gate_pass_rate``, ``max_energy_error``,
 ``final_energy_error``, ``dt_mean``, ``dt_min``, ``dt_max``, ``reached_end``, ``failed``,
@@ -17,14 +22,17 @@ The answer has one row per system: ``steps``, ``gate_pass_rate``, ``max_energy_e
 ``final_velocities`` and ``non_finite``: the fields whose value was not a finite number (a system
 that broke down in a close encounter), sent as null, so the answer is strict JSON. Systems are
 integrated with the learned policy in batches of equal N and D (each with its own softening), with
-the same leapfrog step as everywhere else.
+the same leapfrog step as everywhere else. The host's field is that of
+:mod:`aitimestepper.physics.external`; in it the energies and errors are those of
+the conserved quantity (the energy with the field's potential, or the Jacobi integral for a host on
+a circular orbit); a model trained without a ``tidal`` family refuses such rows.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -32,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aitimestepper.atomic import strict_json
 from aitimestepper.model import LearnedPolicy
+from aitimestepper.physics.external import TidalField
 from aitimestepper.physics.state import DTYPE, State
 from aitimestepper.rollout import rollout
 
@@ -72,6 +81,10 @@ class SystemRequest(BaseModel):
     softening: float = Field(0.0, ge=0.0)
     max_steps: int = Field(MAX_STEPS, ge=1, le=MAX_STEPS)
     energy_threshold: float | None = Field(None, gt=0.0, lt=1.0)
+    host_mass: float | None = Field(None, gt=0.0)
+    host_position: list[float] | None = None
+    host_orbit: Literal["static", "circular"] = "static"
+    host_softening: float = Field(0.0, ge=0.0)
 
     @field_validator("masses")
     @classmethod
@@ -81,10 +94,10 @@ class SystemRequest(BaseModel):
                 raise ValueError(f"the mass of body {body} must be finite and > 0, got {mass}")
         return masses
 
-    @field_validator("duration", "softening")
+    @field_validator("duration", "softening", "host_mass", "host_softening")
     @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
             raise ValueError("must be finite")
         return value
 
@@ -103,7 +116,30 @@ class SystemRequest(BaseModel):
                     raise ValueError(f"{name} of body {body} must be finite, got {row}")
         if len(self.positions[0]) != len(self.velocities[0]):
             raise ValueError("positions and velocities must have the same dimension")
+        if (self.host_mass is None) != (self.host_position is None):
+            raise ValueError("host_mass and host_position go together: give both for a tidal field, or neither")
+        if self.host_position is not None:
+            dim = len(self.positions[0])
+            if len(self.host_position) != dim or not all(math.isfinite(v) for v in self.host_position):
+                raise ValueError(
+                    f"host_position must be {dim} finite numbers (the positions' dimension), got {self.host_position}"
+                )
         return self
+
+    def field(self) -> TidalField | None:
+        """The host's tidal field on this system (one row), or None.
+
+        Raises:
+            ValueError: the host at the origin without softening.
+        """
+        if self.host_mass is None:
+            return None
+        return TidalField.build(
+            torch.tensor([self.host_mass], dtype=DTYPE),
+            torch.tensor([self.host_position], dtype=DTYPE),
+            self.host_orbit,
+            self.host_softening,
+        )
 
 
 def parse_requests(frame: pd.DataFrame) -> list[SystemRequest]:
@@ -149,7 +185,9 @@ def simulate_requests(policy: LearnedPolicy, requests: list[SystemRequest], ener
                 torch.tensor([r.velocities for r in chosen], dtype=DTYPE),
                 torch.tensor([r.masses for r in chosen], dtype=DTYPE),
                 torch.tensor([r.softening for r in chosen], dtype=DTYPE),
+                external=_group_field(chosen),
             )
+            policy.refuse_field(state)
         except ValueError as error:  # e.g. coincident bodies: "system k" is the k-th of these rows
             raise RequestError(f"invalid simulation request (rows {indices}, in this order): {error}") from None
         result = rollout(
@@ -184,23 +222,39 @@ def simulate_requests(policy: LearnedPolicy, requests: list[SystemRequest], ener
     return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS), dtype=object)
 
 
-def example_request(energy_threshold: float) -> pd.DataFrame:
-    """One equal-mass e = 0.5 binary at apocenter, for one period (2 pi), gated at
-    ``energy_threshold``: the input example."""
+def example_request(energy_threshold: float, field: bool = False) -> pd.DataFrame:
+    """The input example: an equal-mass e = 0.5 binary at apocenter, for one period (2 pi), gated
+    at ``energy_threshold``; and (``field``) the same binary riding a circular orbit about a host
+    of 10**4 its mass whose Jacobi radius is 4 times its apocentre separation."""
     speed = math.sqrt(0.5 / 1.5) / 2.0  # each body's speed: half the relative vis-viva speed
-    return pd.DataFrame(
-        [
-            {
-                "masses": [0.5, 0.5],
-                "positions": [[-0.75, 0.0], [0.75, 0.0]],
-                "velocities": [[0.0, -speed], [0.0, speed]],
-                "duration": 2.0 * math.pi,
-                "softening": 0.0,
-                "max_steps": 10_000,
-                "energy_threshold": energy_threshold,
-            }
-        ]
-    )
+    binary = {
+        "masses": [0.5, 0.5],
+        "positions": [[-0.75, 0.0], [0.75, 0.0]],
+        "velocities": [[0.0, -speed], [0.0, speed]],
+        "duration": 2.0 * math.pi,
+        "softening": 0.0,
+        "max_steps": 10_000,
+        "energy_threshold": energy_threshold,
+    }
+    host_mass = 1e4
+    distance = 4.0 * 1.5 * (3.0 * host_mass) ** (1.0 / 3.0)  # r_J = R (m / (3 M))**(1/3) = 4 x 1.5
+    in_field = {**binary, "host_mass": host_mass, "host_position": [distance, 0.0], "host_orbit": "circular"}
+    if not field:
+        return pd.DataFrame([binary])
+    return pd.DataFrame([{**binary, "host_mass": None, "host_position": None, "host_orbit": None}, in_field])
+
+
+def _group_field(requests: list[SystemRequest]) -> TidalField | None:
+    """The tidal fields of a batch of requests (a host of mass 0 where a row has none), or None."""
+    fields = [request.field() for request in requests]
+    chosen = [k for k, field in enumerate(fields) if field is not None]
+    if not chosen:
+        return None
+    dim = len(requests[0].positions[0])
+    joined = TidalField.absent(len(requests), dim)
+    for k in chosen:
+        joined = joined.with_rows(torch.tensor([k]), fields[k])
+    return joined
 
 
 def _plain(value: Any) -> Any:

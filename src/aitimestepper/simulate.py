@@ -9,6 +9,7 @@ policy is rebuilt from its config contract alone and uses its own ``energy_thres
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ import numpy as np
 import torch
 
 from aitimestepper.atomic import write_atomic, write_json
-from aitimestepper.config import Params
+from aitimestepper.config import HostParams, Params
 from aitimestepper.model import LearnedPolicy
+from aitimestepper.physics.external import TidalField
+from aitimestepper.physics.state import State
 from aitimestepper.policies import CLASSICAL_POLICIES, TimeStepPolicy, make_policy
 from aitimestepper.rollout import Rollout, rollout
 from aitimestepper.systems.families import SystemSet, crossing_time
@@ -28,10 +31,26 @@ SIMULATION_SEED_OFFSET = 2_000_003
 
 
 def simulation_systems(params: Params) -> list[SystemSet]:
-    """The systems of ``simulation.systems``, drawn from ``seed``, one set per (N, D)."""
+    """The systems of ``simulation.systems``, drawn from ``seed``, one set per (N, D), in the tidal
+    field of ``physics.external`` if it is set."""
     generator = torch.Generator().manual_seed(params.seed + SIMULATION_SEED_OFFSET)
     entry = params.simulation.systems
-    return entry.draw_all_dims(entry.systems, generator)
+    sets = entry.draw_all_dims(entry.systems, generator)
+    host = params.physics.external
+    if host is None:
+        return sets
+    return [replace(systems, state=_in_field(systems.state, host)) for systems in sets]
+
+
+def _in_field(state: State, host: HostParams) -> State:
+    """``state`` in the host's field (its accelerations and energy with it)."""
+    field = TidalField.build(
+        torch.full((state.batch_size,), host.host_mass, dtype=torch.float64),
+        torch.tensor(host.host_position, dtype=torch.float64).expand(state.batch_size, -1),
+        host.orbit,
+        host.softening,
+    )
+    return State.from_arrays(state.positions, state.velocities, state.masses, state.softening, external=field)
 
 
 def file_systems(path: Path) -> SystemSet:
@@ -122,9 +141,11 @@ def run_simulation(
 def _field_kind(state) -> str | None:
     """The host's orbit when the systems feel a tidal field (the energies and errors reported are
     then the conserved quantity's, see :mod:`aitimestepper.physics.external`), else None."""
-    if state.external is None:
+    if state.external is None or not bool(state.external.present.any()):
         return None
-    return "circular" if bool((state.external.rotation > 0).any()) else "static"
+    rotations = state.external.rotation[state.external.present].tolist()
+    orbits = {"circular" if rotation > 0 else "static" for rotation in rotations}
+    return orbits.pop() if len(orbits) == 1 else "static+circular"
 
 
 def simulate_from_params(

@@ -33,15 +33,20 @@ from aitimestepper.features import (
     RATE_BOUND,
     RATE_STEP_CLIP,
     SLOT_FEATURES,
+    TIDAL_COLUMN,
+    TIDAL_SCALE,
     TINY,
 )
 from aitimestepper.kernels.kepler import KEPLER_PAIR, kepler_step
 from aitimestepper.kernels.physics import (
+    FIELD_MASS,
     com_kinetic_and_potential,
+    energy,
     energy_error_rate,
     pair_log_steps,
     rate_term,
     square_distance,
+    tidal_frequency_square,
 )
 from aitimestepper.model import INPUT_CLIP
 
@@ -151,11 +156,14 @@ def quintic_step(rate, minimum, history, filled):
 
 
 @njit(cache=True)
-def look_and_step(positions, velocities, acc, masses, eps, log_threshold, history, filled, network, numbers):
+def look_and_step(
+    positions, velocities, acc, masses, eps, field, time, log_threshold, history, filled, network, numbers
+):
     """log dt of the learned policy for one system, and the three quantities its look keeps (min
     log step, crowding, dimensionless rate).
 
     Args:
+        field, time: the system's tidal-field row (host mass 0: none) and its time.
         log_threshold: log of the system's threshold.
         history: (H, ROW_WIDTH) float64 past rows, most recent first; ``filled`` of them are real.
         network: (pair_mean, pair_scale, context_mean, context_scale, weights, layout) arrays.
@@ -168,7 +176,10 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
     count, dim = positions.shape
     pairs = count * (count - 1) // 2
     kinetic, potential = com_kinetic_and_potential(positions, velocities, masses, eps)
-    system_energy = max(abs(kinetic - potential), TINY)
+    if field[FIELD_MASS] == 0.0:
+        system_energy = max(abs(kinetic - potential), TINY)
+    else:  # the gated quantity, with the field's terms, in the field's frame
+        system_energy = max(abs(energy(positions, velocities, masses, eps, field, time)), TINY)
     log_energy = math.log(system_energy)
     log_steps = np.empty(pairs)
     pair_log_steps(positions, masses, eps, system_energy, log_steps)
@@ -211,6 +222,7 @@ def look_and_step(positions, velocities, acc, masses, eps, log_threshold, histor
     context[1] = virial
     context[2] = rate_step
     context[3] = cancellation
+    context[TIDAL_COLUMN] = math.log1p(tidal_frequency_square(field, time, dim) * math.exp(2.0 * minimum) / TIDAL_SCALE)
     context[LOOK_FEATURES] = quartic
     context[QUINTIC_COLUMN] = quintic_step(dimensionless_rate, minimum, history, filled)
     for slot in range(history.shape[0]):

@@ -30,6 +30,8 @@ from aitimestepper.kernels.physics import FIELD_MASS, TINY, leapfrog, min_energy
 
 #: trial steps evaluated side by side
 LANES = 8
+#: the field row of a system without a field (host mass 0), for the field-free lane search
+_NO_FIELD = np.zeros(1)
 #: bisection levels resolved per batch of trial steps (2**3 - 1 = 7 midpoints fit in the lanes)
 BISECTION_LEVELS = 3
 #: :func:`search` tries steps side by side for systems of at most this many bodies
@@ -110,7 +112,7 @@ def scalar_search(
     """The oracle's step, one trial step at a time (``x1``, ``v1``, ``a1``: (N, D) scratch;
     ``field``, ``time``: the system's tidal field and time, see
     :func:`aitimestepper.kernels.physics.leapfrog`)."""
-    scale = min_energy_free_fall(positions, velocities, masses, eps) * threshold ** (1.0 / 3.0)
+    scale = min_energy_free_fall(positions, velocities, masses, eps, field, time) * threshold ** (1.0 / 3.0)
     points = grid.shape[0]
     failure = points
     for k in range(points):
@@ -136,7 +138,7 @@ def lane_search(positions, velocities, acc, masses, eps, before, threshold, grid
     """The oracle's step, ``LANES`` trial steps at a time: the same step as :func:`scalar_search`."""
     steps, errors = np.empty(LANES), np.empty(LANES)
     lows, highs = np.empty(LANES), np.empty(LANES)
-    scale = min_energy_free_fall(positions, velocities, masses, eps) * threshold ** (1.0 / 3.0)
+    scale = min_energy_free_fall(positions, velocities, masses, eps, _NO_FIELD, 0.0) * threshold ** (1.0 / 3.0)
     points = grid.shape[0]
     failure = points
     for start in range(0, points, LANES):

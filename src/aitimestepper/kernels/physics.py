@@ -83,6 +83,38 @@ FIELD_MASS, FIELD_SOFTENING, FIELD_ROTATION, FIELD_POSITION = 0, 1, 2, 3
 
 
 @njit(cache=True)
+def host_at(field, time, dim):
+    """(D,) the host's position at ``time``: R(0) turned by Omega t in the x-y plane."""
+    angle = field[FIELD_ROTATION] * time
+    cos, sin = math.cos(angle), math.sin(angle)
+    x0, y0 = field[FIELD_POSITION], field[FIELD_POSITION + 1]
+    host = np.empty(dim)
+    host[0], host[1] = cos * x0 - sin * y0, sin * x0 + cos * y0
+    if dim > 2:
+        host[2] = field[FIELD_POSITION + 2]
+    return host
+
+
+@njit(cache=True)
+def _softened_square(host, eps2):
+    square = eps2
+    for d in range(host.shape[0]):
+        square += host[d] * host[d]
+    return square
+
+
+@njit(cache=True)
+def tidal_frequency_square(field, time, dim):
+    """M / |R(time)|_s**3, as :meth:`aitimestepper.physics.external.TidalField.tidal_frequency_square`
+    (0 without a field)."""
+    mass = field[FIELD_MASS]
+    if mass == 0.0:
+        return 0.0
+    square = _softened_square(host_at(field, time, dim), field[FIELD_SOFTENING] * field[FIELD_SOFTENING])
+    return mass / (square * math.sqrt(square))
+
+
+@njit(cache=True)
 def tidal_pull(positions, masses, field, time, acc):
     """Add the host's tidal accelerations at ``time`` to ``acc`` (N, D) and return the bodies'
     potential energy sum_i m_i Phi(x_i) in its field (as
@@ -91,32 +123,30 @@ def tidal_pull(positions, masses, field, time, acc):
     if mass == 0.0:
         return 0.0
     count, dim = positions.shape
-    angle = field[FIELD_ROTATION] * time
-    cos, sin = math.cos(angle), math.sin(angle)
-    x0, y0 = field[FIELD_POSITION], field[FIELD_POSITION + 1]
-    host = np.empty(dim)
-    host[0], host[1] = cos * x0 - sin * y0, sin * x0 + cos * y0
-    if dim > 2:
-        host[2] = field[FIELD_POSITION + 2]
+    host = host_at(field, time, dim)
     eps2 = field[FIELD_SOFTENING] * field[FIELD_SOFTENING]
-    host_square = eps2
-    for d in range(dim):
-        host_square += host[d] * host[d]
+    host_square = _softened_square(host, eps2)
     host_root = math.sqrt(host_square)
     host_cube = host_square * host_root
     potential = 0.0
     for i in range(count):
         square = eps2
         along = 0.0
+        own = 0.0
         for d in range(dim):
             toward = host[d] - positions[i, d]
             square += toward * toward
             along += positions[i, d] * host[d]
+            own += positions[i, d] * positions[i, d]
         root = math.sqrt(square)
         cube = square * root
+        # the cancellation-free forms of TidalField.accelerations and .potential_energy
+        closer = (2.0 * along - own) / (root + host_root)  # r - d
+        spread = closer * (host_square + host_root * root + square) / (cube * host_cube)  # 1/d**3 - 1/r**3
         for d in range(dim):
-            acc[i, d] += mass * ((host[d] - positions[i, d]) / cube - host[d] / host_cube)
-        potential += masses[i] * (-mass * (1.0 / root - 1.0 / host_root - along / host_cube))
+            acc[i, d] += mass * (host[d] * spread - positions[i, d] / cube)
+        numerator = along * closer * (2.0 * host_root + root) - own * host_square
+        potential += masses[i] * (-mass * numerator / (root * host_cube * (root + host_root)))
     return potential
 
 
@@ -255,13 +285,24 @@ def pair_log_steps(positions, masses, eps, system_energy, out):
 
 
 @njit(cache=True)
-def min_energy_free_fall(positions, velocities, masses, eps):
-    """The smallest energy-normalised free-fall step of the system (threshold 1)."""
-    kinetic, potential = com_kinetic_and_potential(positions, velocities, masses, eps)
+def min_energy_free_fall(positions, velocities, masses, eps, field, time):
+    """The smallest energy-normalised free-fall step of the system (threshold 1), against
+    :func:`normalising_energy`."""
     count = positions.shape[0]
     steps = np.empty(count * (count - 1) // 2)
-    pair_log_steps(positions, masses, eps, max(abs(kinetic - potential), 1e-300), steps)
+    pair_log_steps(positions, masses, eps, normalising_energy(positions, velocities, masses, eps, field, time), steps)
     return math.exp(steps.min())
+
+
+@njit(cache=True)
+def normalising_energy(positions, velocities, masses, eps, field, time):
+    """The |E| energy-normalised steps are measured against (as :mod:`aitimestepper.features`):
+    |K + W| in the centre-of-mass frame; in a tidal field (``field`` at ``time``) the gated
+    quantity's, in the field's frame. Floored at 1e-300 (``features.TINY``)."""
+    if field[FIELD_MASS] == 0.0:
+        kinetic, potential = com_kinetic_and_potential(positions, velocities, masses, eps)
+        return max(abs(kinetic - potential), 1e-300)
+    return max(abs(energy(positions, velocities, masses, eps, field, time)), 1e-300)
 
 
 @njit(cache=True)

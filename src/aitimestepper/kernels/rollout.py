@@ -128,18 +128,18 @@ def rollout_kernel(
             elif kind == 1:
                 proposed = scalars[0] * min_free_fall(x, m, eps)
             elif kind == 2:
-                proposed = scalars[0] * min_energy_free_fall(x, v, m, eps)
+                proposed = scalars[0] * min_energy_free_fall(x, v, m, eps, field, t)
             elif kind == 3:
                 proposed = scalars[0] * prs23(x, v, a, m, eps)
             elif kind == 4:
                 if next_dt < 0.0:
-                    next_dt = scalars[2] * min_energy_free_fall(x, v, m, eps) * target ** (1.0 / 3.0)
+                    next_dt = scalars[2] * min_energy_free_fall(x, v, m, eps, field, t) * target ** (1.0 / 3.0)
                 proposed = next_dt
             elif kind == 5:
                 proposed = search(x, v, a, m, eps, field, t, e, target, grid, int(scalars[0]), x1, v1, a1, scratch)
             else:
                 log_dt, row0, row1, row2 = look_and_step(
-                    x, v, a, m, eps, log_threshold, history, filled, network, numbers
+                    x, v, a, m, eps, field, t, log_threshold, history, filled, network, numbers
                 )
                 proposed = math.exp(log_dt)
             smallest = min(smallest, proposed)

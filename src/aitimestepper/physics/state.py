@@ -172,17 +172,19 @@ class State:
 
         return self._combine(other, pick)
 
+    @property
+    def field(self) -> TidalField:
+        """The tidal field of every system: ``external``, or one of mass 0 (none) on each."""
+        return self.external if self.external is not None else TidalField.absent(self.batch_size, self.dim)
+
     @staticmethod
     def concatenate(states: Sequence[State]) -> State:
-        """Join batches of systems with the same N and D (all with a tidal field, or none) along
-        the batch axis."""
+        """Join batches of systems with the same N and D along the batch axis (systems without a
+        field among systems with one get a host of mass 0: none)."""
         joined = State(*(torch.cat(arrays) for arrays in zip(*(s._arrays() for s in states), strict=True)))
-        fields = [s.external for s in states]
-        if all(field is None for field in fields):
+        if all(s.external is None for s in states):
             return joined
-        if any(field is None for field in fields):
-            raise ValueError("cannot join systems with a tidal field and systems without one in one batch")
-        first, *rest = fields
+        first, *rest = (s.field for s in states)
         for field in rest:
             first = first.combine(field, lambda mine, theirs: torch.cat([mine, theirs]))
         return replace(joined, external=first)
@@ -195,9 +197,8 @@ class State:
         return State(*(fn(array) for array in self._arrays()), external=external)
 
     def _combine(self, other: State, fn) -> State:
-        if (self.external is None) != (other.external is None):
-            raise ValueError("cannot combine systems with a tidal field and systems without one")
-        external = None if self.external is None else self.external.combine(other.external, fn)
+        both_absent = self.external is None and other.external is None
+        external = None if both_absent else self.field.combine(other.field, fn)
         arrays = (fn(mine, theirs) for mine, theirs in zip(self._arrays(), other._arrays(), strict=True))
         return State(*arrays, external=external)
 

@@ -18,6 +18,7 @@ from aitimestepper.systems.families import (
     named_problems,
     planetary_systems,
     plummer_clusters,
+    tidal_systems,
 )
 from aitimestepper.systems.files import load_systems, save_systems
 from aitimestepper.systems.kepler import (
@@ -53,6 +54,7 @@ __all__ = [
     "period",
     "planetary_systems",
     "plummer_clusters",
+    "tidal_systems",
     "relative_orbit",
     "save_systems",
     "solve_kepler",

@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 
 from aitimestepper.physics import gravity
-from aitimestepper.physics.state import DTYPE, State
+from aitimestepper.physics.external import ORBITS, TidalField
+from aitimestepper.physics.state import DTYPE, State, total_accelerations
 from aitimestepper.systems.kepler import KeplerElements, mean_anomaly_from_true, period, relative_orbit, two_body_frame
 
 EccentricitySampling = Literal["uniform", "log_one_minus_e"]
@@ -115,7 +116,8 @@ class SystemSet:
         """The same systems in other units: the same dynamics in dimensionless units.
 
         Positions and softening are multiplied by L, masses by M, velocities by sqrt(M / L),
-        accelerations by M / L**2, times and time scales by sqrt(L**3 / M) (G = 1 throughout).
+        accelerations by M / L**2, times and time scales by sqrt(L**3 / M) (G = 1 throughout); a
+        tidal field's host with them.
 
         Args:
             length: L > 0, the new length of one old length unit.
@@ -135,13 +137,15 @@ class SystemSet:
         positions = state.positions * length
         masses = state.masses * mass
         softening = state.softening * length
+        external = None if state.external is None else state.external.scaled(length, mass)
         scaled_state = State(
             positions=positions,
             velocities=state.velocities * math.sqrt(mass / length),
             masses=masses,
-            accelerations=gravity.accelerations(positions, masses, softening),
+            accelerations=total_accelerations(positions, masses, softening, external, state.time * time),
             time=state.time * time,
             softening=softening,
+            external=external,
         )
         labels = [
             {
@@ -609,12 +613,8 @@ def plummer_clusters(
     counts = _check_body_counts(bodies)
     weights_range = _check_range("mass_spread", mass_spread, "0 < low <= high", _positive)
     eps_range = _check_softening_range(softening, min(counts), weights_range)
-    choice = torch.randint(len(counts), (count,), generator=generator)
     sets = []
-    for index, n_bodies in sorted(enumerate(counts), key=lambda pair: pair[1]):
-        batch = int((choice == index).sum())
-        if batch == 0:
-            continue
+    for n_bodies, batch in _split_by_body_count(counts, count, generator):
         weights = _uniform(generator, (batch, n_bodies), *weights_range)
         positions, velocities = _plummer_sphere(generator, batch, n_bodies)
         eps = _uniform(generator, (batch,), *eps_range)
@@ -894,6 +894,102 @@ def named_problems(dim: int = 2) -> list[SystemSet]:
 
 
 # ----------------------------------------------------------------------------------------------
+# systems in a tidal field
+
+
+def tidal_systems(
+    count: int,
+    generator: torch.Generator,
+    *,
+    dim: int = 2,
+    bodies: Sequence[int] = (2, 4, 8),
+    jacobi_fraction: Range = (0.1, 0.8),
+    host_mass_ratio: Range = (1e3, 1e6),
+    orbits: Sequence[str] = ORBITS,
+    eccentricity: Range = (0.0, 0.7),
+    softening: Range = (0.0, 0.05),
+    total_mass: float = 1.0,
+) -> list[SystemSet]:
+    """Binaries (N = 2) and small Plummer clusters (N >= 3) in the tidal field of a point-mass
+    host (:mod:`aitimestepper.physics.external`), at a drawn fraction of their Jacobi radius.
+
+    The system's size r is its apocentre separation a (1 + e) for a binary and its virial radius
+    (1, Henon units) for a cluster; the host of mass M = (host mass ratio) m (m the system's mass)
+    is placed at the distance R with r / r_J = ``jacobi_fraction``, r_J = R (m / (3 M))**(1/3)
+    the Jacobi radius, in the x-y plane at a uniform angle; it is static or on a circular orbit
+    (the system then rides the circular orbit about it, the host turning counter-clockwise).
+
+    Args:
+        count: number of systems B >= 1.
+        generator: the source of every random draw.
+        dim: 2 or 3.
+        bodies: distinct N >= 2, one drawn uniformly per system.
+        jacobi_fraction: r / r_J, 0 < low <= high, drawn log-uniformly (near 1: a system
+            filling its Jacobi radius, losing bodies to the field).
+        host_mass_ratio: M / m, 0 < low <= high, drawn log-uniformly.
+        orbits: the host orbits (of ``static``, ``circular``) drawn from, uniformly.
+        eccentricity: binaries' eccentricity range (uniform), 0 <= low <= high < 1.
+        softening: clusters' Plummer softening range (virial radii).
+        total_mass: the system's mass m > 0.
+
+    Returns:
+        One set per N present (ascending N), family ``tidal``; time scale the binary's period or
+        the cluster's crossing time; labels: the inner family's with ``system`` (``binary`` or
+        ``plummer``), ``jacobi_fraction``, ``host_mass_ratio`` and ``orbit``.
+    """
+    _check_common(count, generator, dim, total_mass)
+    counts = _check_body_counts(bodies)
+    fraction_range = _check_range("jacobi_fraction", jacobi_fraction, "0 < low <= high", _positive)
+    host_range = _check_range("host_mass_ratio", host_mass_ratio, "0 < low <= high", _positive)
+    if not orbits or any(orbit not in ORBITS for orbit in orbits):
+        raise ValueError(f"orbits = {list(orbits)!r} is invalid: needs a non-empty list of {list(ORBITS)}")
+    orbit_names = list(dict.fromkeys(orbits))
+    sets = []
+    for n_bodies, batch in _split_by_body_count(counts, count, generator):
+        if n_bodies == 2:
+            (inner,) = binaries(
+                batch,
+                generator,
+                dim=dim,
+                eccentricity=eccentricity,
+                start_phase="random_true_anomaly",
+                total_mass=total_mass,
+            )
+            size = torch.tensor([label["a"] * (1.0 + label["e"]) for label in inner.labels], dtype=DTYPE)
+        else:
+            (inner,) = plummer_clusters(
+                batch, generator, dim=dim, bodies=(n_bodies,), softening=softening, total_mass=total_mass
+            )
+            size = torch.ones(batch, dtype=DTYPE)
+        fraction = _log_uniform(generator, (batch,), *fraction_range)
+        ratio = _log_uniform(generator, (batch,), *host_range)
+        angle = _angle(generator, batch)
+        orbit = torch.randint(len(orbit_names), (batch,), generator=generator)
+        mass = inner.state.masses.sum(dim=-1)
+        distance = size / fraction * (3.0 * ratio) ** (1.0 / 3.0)
+        direction = _embed(torch.stack([angle.cos(), angle.sin()], dim=1), dim)
+        host_mass = ratio * mass
+        circular = torch.tensor([orbit_names[k] == "circular" for k in orbit.tolist()])
+        rotation = torch.where(circular, (host_mass / distance**3).sqrt(), 0.0)
+        field = TidalField(host_mass, distance.unsqueeze(1) * direction, torch.zeros(batch, dtype=DTYPE), rotation)
+        own = inner.state
+        state = State.from_arrays(own.positions, own.velocities, own.masses, own.softening, external=field)
+        labels = [
+            {
+                **label,
+                "family": "tidal",
+                "system": inner.family,
+                "jacobi_fraction": float(fraction[k]),
+                "host_mass_ratio": float(ratio[k]),
+                "orbit": orbit_names[int(orbit[k])],
+            }
+            for k, label in enumerate(inner.labels)
+        ]
+        sets.append(SystemSet("tidal", state, inner.time_scale, labels))
+    return sets
+
+
+# ----------------------------------------------------------------------------------------------
 # registry
 
 
@@ -903,6 +999,7 @@ FAMILIES: dict[str, Callable[..., list[SystemSet]]] = {
     "democratic_triple": democratic_triples,
     "planetary": planetary_systems,
     "plummer": plummer_clusters,
+    "tidal": tidal_systems,
 }
 
 
@@ -1080,6 +1177,14 @@ def _random_rotations(generator: torch.Generator, count: int) -> Tensor:
 def _embed(vectors: Tensor, dim: int) -> Tensor:
     """(B, N, 2) planar vectors as (B, N, dim), z = 0 in 3-D."""
     return vectors if dim == 2 else torch.cat([vectors, torch.zeros_like(vectors[..., :1])], dim=-1)
+
+
+def _split_by_body_count(counts: list[int], count: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """(N, systems of N) for ``count`` systems, each N drawn uniformly from ``counts``: ascending
+    N, only the N drawn at least once."""
+    choice = torch.randint(len(counts), (count,), generator=generator)
+    drawn = [(n_bodies, int((choice == index).sum())) for index, n_bodies in enumerate(counts)]
+    return sorted((n_bodies, batch) for n_bodies, batch in drawn if batch > 0)
 
 
 def _labels(family: str, **columns: Tensor | list[Any]) -> list[dict[str, Any]]:

@@ -9,6 +9,8 @@ clusters: Henon units, virial radius 1; planetary systems: the inner planet's a 
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -27,7 +29,7 @@ class FamilySpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     family: str = Field(
-        description="The family's name: binary, hierarchical_triple, democratic_triple, planetary, plummer."
+        description="The family's name: binary, hierarchical_triple, democratic_triple, planetary, plummer, tidal."
     )
     dims: tuple[Dimension, ...] = Field((2, 3), min_length=1, description="Spatial dimensions systems are drawn in.")
     #: the body count of families whose systems all have the same N
@@ -173,12 +175,48 @@ class PlummerSpec(FamilySpec):
         return self.model_copy(update={"bodies": (bodies,)})
 
 
+class TidalSpec(FamilySpec):
+    """Binaries and small clusters in the tidal field of a point-mass host, static or on a
+    circular orbit, at a drawn fraction of their Jacobi radius."""
+
+    family: Literal["tidal"] = "tidal"
+    bodies: tuple[Annotated[int, Field(ge=2, le=64)], ...] = Field(
+        (2, 4, 8),
+        min_length=1,
+        description="Body counts N (2: binaries, more: Plummer clusters), one drawn per system.",
+    )
+    jacobi_fraction: tuple[Annotated[float, Field(gt=0.0, le=10.0)], Annotated[float, Field(gt=0.0, le=10.0)]] = Field(
+        (0.1, 0.8), description="Size over Jacobi radius range (log-uniform): the field's strength."
+    )
+    host_mass_ratio: tuple[Annotated[float, Field(ge=1.0)], Annotated[float, Field(ge=1.0)]] = Field(
+        (1e3, 1e6), description="Host mass over the system's mass range (log-uniform)."
+    )
+    orbits: tuple[Literal["static", "circular"], ...] = Field(
+        ("static", "circular"), min_length=1, description="Host orbits drawn from (uniformly)."
+    )
+    eccentricity: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        (0.0, 0.7), description="Binaries' eccentricity range."
+    )
+    softening: tuple[Annotated[float, Field(ge=0.0, le=0.5)], Annotated[float, Field(ge=0.0, le=0.5)]] = Field(
+        (0.0, 0.05), description="Clusters' Plummer softening range (virial radii)."
+    )
+    _lists: ClassVar[frozenset[str]] = frozenset({"dims", "bodies", "orbits"})
+
+    def body_counts(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.bodies)))
+
+    def with_bodies(self, bodies: int) -> FamilySpec:
+        super().with_bodies(bodies)
+        return self.model_copy(update={"bodies": (bodies,)})
+
+
 SPECS: tuple[type[FamilySpec], ...] = (
     BinarySpec,
     HierarchicalTripleSpec,
     DemocraticTripleSpec,
     PlanetarySpec,
     PlummerSpec,
+    TidalSpec,
 )
 FAMILY_NAMES = tuple(spec.model_fields["family"].default for spec in SPECS)
 
@@ -195,7 +233,7 @@ def _with_fields(base: type[FamilySpec], suffix: str, **fields: Any) -> type[Fam
 
 def _union(suffix: str, **fields: Any) -> Any:
     members = tuple(_with_fields(spec, suffix, **fields) for spec in SPECS)
-    return Annotated[members[0] | members[1] | members[2] | members[3] | members[4], Field(discriminator="family")]
+    return Annotated[functools.reduce(operator.or_, members), Field(discriminator="family")]
 
 
 #: a family in the training mixture: its spec plus the weight of its share of the training systems

@@ -6,15 +6,17 @@ import torch
 from torch import Tensor
 
 from aitimestepper.history import History
+from aitimestepper.physics.external import TidalField
 from aitimestepper.physics.state import State
 
-_KEYS = ("positions", "velocities", "accelerations", "masses", "softening", "past_rows", "filled")
+_KEYS = ("positions", "velocities", "accelerations", "masses", "softening", "time", "past_rows", "filled")
 
 
 class _Ring:
     """Up to ``capacity`` (state, history window) pairs of one body count, oldest overwritten
-    first: positions/velocities/accelerations (C, N, D), masses (C, N), softening (C,), history
-    rows (C, H, Q), filled (C,)."""
+    first: positions/velocities/accelerations (C, N, D), masses (C, N), softening and time (C,),
+    history rows (C, H, Q), filled (C,), and each state's tidal field (host mass 0: none;
+    :meth:`aitimestepper.physics.external.TidalField.as_dict`)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -32,12 +34,14 @@ class _Ring:
                     state.accelerations,
                     state.masses,
                     state.softening,
+                    state.time,
                     history.rows,
                     history.filled,
                 ),
                 strict=True,
             )
         )
+        values.update(state.field.as_dict())
         count = state.batch_size
         if not self.tensors:
             self.tensors = {k: torch.zeros((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in values.items()}
@@ -54,8 +58,9 @@ class _Ring:
             velocities=t["velocities"],
             masses=t["masses"],
             accelerations=t["accelerations"],
-            time=torch.zeros(index.numel(), dtype=t["positions"].dtype),
+            time=t["time"],
             softening=t["softening"],
+            external=TidalField.from_dict(t),
         )
         return state, History(t["past_rows"], t["filled"])
 
@@ -94,7 +99,7 @@ class ReplayBuffer:
         return batches
 
     def gather(self, bodies: int, index: Tensor) -> tuple[State, History]:
-        """The entries at ``index`` of the ring of ``bodies`` bodies, as states (time 0) and histories."""
+        """The entries at ``index`` of the ring of ``bodies`` bodies, as states and histories."""
         return self.rings[bodies].gather(index)
 
     def state_dict(self) -> dict:

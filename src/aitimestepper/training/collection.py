@@ -11,6 +11,8 @@ from aitimestepper.config import Params
 from aitimestepper.features import ROW_WIDTH, history_row
 from aitimestepper.history import History
 from aitimestepper.model import LearnedPolicy
+from aitimestepper.physics import gravity
+from aitimestepper.physics.external import TidalField
 from aitimestepper.physics.state import State
 from aitimestepper.training.buffer import ReplayBuffer
 from aitimestepper.training.mixture import MixtureSampler, draw_thresholds
@@ -160,7 +162,8 @@ class Collector:
         non-finite or stuck; returns (finished, stuck) counts."""
         lane = self.lanes[bodies]
         state = lane.state
-        finished = (state.time >= lane.end_time) | (state.energy() >= 0) | ~state.finite_mask()
+        own_energy = gravity.total_energy(state.positions, state.velocities, state.masses, state.softening)
+        finished = (state.time >= lane.end_time) | (own_energy >= 0) | ~state.finite_mask()
         stuck = lane.rejections >= self.params.training.max_retries_per_state
         replace = finished | stuck
         if not bool(replace.any()):
@@ -191,6 +194,7 @@ class Collector:
                 "source": lane.source,
                 "threshold": lane.threshold,
                 "rejections": lane.rejections,
+                "field": lane.state.field.as_dict(),
             }
             for n, lane in self.lanes.items()
         }
@@ -199,7 +203,13 @@ class Collector:
         self.lanes = {
             int(n): Lane(
                 state=State(
-                    v["positions"], v["velocities"], v["masses"], v["accelerations"], v["time"], v["softening"]
+                    v["positions"],
+                    v["velocities"],
+                    v["masses"],
+                    v["accelerations"],
+                    v["time"],
+                    v["softening"],
+                    TidalField.from_dict(v["field"]),
                 ),
                 history=History(v["history_rows"], v["filled"]),
                 end_time=v["end_time"],

@@ -41,8 +41,15 @@ def embed_in_3d(state: State) -> State:
     if state.dim == 3:
         return state
     pad = lambda values: torch.nn.functional.pad(values, (0, 3 - state.dim))  # noqa: E731
+    external = None if state.external is None else state.external.padded_to_3d()
     return State(
-        pad(state.positions), pad(state.velocities), state.masses, pad(state.accelerations), state.time, state.softening
+        pad(state.positions),
+        pad(state.velocities),
+        state.masses,
+        pad(state.accelerations),
+        state.time,
+        state.softening,
+        external,
     )
 
 
