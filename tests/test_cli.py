@@ -27,7 +27,7 @@ def aits(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def small_params(tmp_path: Path, **simulation) -> Path:
     data = yaml.safe_load((REPO / "params.yaml").read_text())
     systems = {"family": "binary", "dims": [2], "eccentricity": [0.5, 0.9], "systems": 3, "duration": 1.0}
-    data["simulation"].update({"systems": systems, **simulation})
+    data["simulation"].update({"systems": systems, "movie": {"systems": 0, "frames": 30, "fps": 10}, **simulation})
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -84,6 +84,26 @@ def test_simulate_puts_the_drawn_systems_in_the_field_of_physics_external(tmp_pa
     done = aits("simulate", "--model", "energy_feedback", "--gated", "--output", "bare/sim.json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "bare/sim.json").read_text())["summary"]["max_momentum_drift"] < 1e-12
+
+
+def test_simulate_writes_movies_titled_by_what_they_show(tmp_path):
+    """``--movie 2``: a GIF of each of the first two systems (simulation.movie's frames), none of
+    the third; ``--movie 0`` none; the plots' titles name the policy and the systems, not the
+    policy's source."""
+    from PIL import Image
+
+    small_params(tmp_path)
+    done = aits("simulate", "--model", "free_fall", "--output", "out/sim.json", "--movie", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    movies = sorted((tmp_path / "plots/simulate/movies").iterdir())
+    assert [path.name for path in movies] == ["system0.gif", "system1.gif"]
+    for path in movies:
+        with Image.open(path) as movie:
+            assert movie.n_frames == 30 and movie.size == (800, 400)
+    done = aits("simulate", "--model", "free_fall", "--output", "none/sim.json", "--plots-dir", "none", cwd=tmp_path)
+    assert done.returncode == 0 and not (tmp_path / "none/movies").exists()  # the params' 0
+    refused = aits("simulate", "--model", "free_fall", "--movie", "99", cwd=tmp_path)
+    assert refused.returncode == 2 and "--movie" in refused.stderr
 
 
 def test_bad_params_exit_2_name_the_key_and_write_nothing(tmp_path):

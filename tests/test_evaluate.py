@@ -524,6 +524,8 @@ def test_evaluation_report_of_a_small_suite(tmp_path, tiny_checkpoint):
             )
     for plot in ("cost_vs_accuracy.png", "dt_along_runs.png"):
         assert (tmp_path / "plots" / plot).stat().st_size > 5_000
+    # one movie of the learned policy's run per family
+    assert sorted(path.stem for path in (tmp_path / "plots" / "movies").glob("*.gif")) == sorted(SMALL_SUITE)
 
 
 def test_the_oracle_along_its_own_path_takes_its_own_steps_and_along_a_binary_agrees_with_its_run(

@@ -62,6 +62,7 @@ def test_dvc_repro_runs_the_whole_pipeline_and_a_second_clone_pulls_it(tmp_path)
         "metrics/simulate.json",
         "metrics/evaluate.json",
         "plots/simulate/orbits.png",
+        "plots/simulate/movies/system0.gif",
         "plots/evaluate/cost_vs_accuracy.png",
         "plots/evaluate/dt_along_runs.png",
         "models/training_curves.png",
@@ -87,6 +88,9 @@ def test_dvc_repro_runs_the_whole_pipeline_and_a_second_clone_pulls_it(tmp_path)
     [experiment] = [e for e in client.search_experiments() if e.name == params["tracking"]["experiment_name"]]
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["evaluate", "train"]
+    [evaluated] = [r for r in runs if r.info.run_name == "evaluate"]
+    logged_movies = sorted(Path(a.path).name for a in client.list_artifacts(evaluated.info.run_id, "movies"))
+    assert logged_movies == sorted(f"{name}.gif" for name in SMALL_EVALUATION["suite"])
     non_finite = {"nan", "inf", "-inf", "infinity", "-infinity"}
     for logged in runs:
         for kind, values in (("param", logged.data.params), ("tag", logged.data.tags)):

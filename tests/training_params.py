@@ -16,6 +16,7 @@ SMALL_SUITE = {
     "democratic_triples": {"family": "democratic_triple", "softening": [0.02, 0.05], "systems": 1, "duration": 0.5},
     "planetary": {"family": "planetary", "planets": [1, 2], "systems": 1, "duration": 1.0},
     "plummer": {"family": "plummer", "bodies": [4], "softening": [0.05, 0.1], "systems": 1, "duration": 0.25},
+    "tidal": {"family": "tidal", "bodies": [2], "systems": 1, "duration": 0.5},
 }
 SMALL_EVALUATION = {
     "suite": SMALL_SUITE,
@@ -41,6 +42,7 @@ def tiny_params(**overrides) -> Params:
         "systems.planetary.planets": [1, 2],
         "systems.plummer.bodies": [4, 8],
         "model.hidden_sizes": [16],
+        "simulation.movie.frames": 12,
         **overrides,
     }
     for key, value in settings.items():

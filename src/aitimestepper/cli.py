@@ -126,6 +126,16 @@ def train_command(params_path: Path, models_dir: Path, metrics_path: Path, resum
     "--trajectory", type=click.Path(path_type=Path), default=Path("results/simulate/trajectory.npz"), show_default=True
 )
 @click.option("--plots-dir", type=click.Path(path_type=Path), default=Path("plots/simulate"), show_default=True)
+@click.option(
+    "--movie",
+    "movie_systems",
+    type=click.IntRange(0, 64),
+    is_flag=False,
+    flag_value=1,
+    default=None,
+    help="Animated GIFs of the first N systems of each group in PLOTS_DIR/movies (--movie alone: 1; 0: none) "
+    "[default: simulation.movie.systems].",
+)
 def simulate_command(
     params_path: Path,
     source: str | None,
@@ -139,8 +149,9 @@ def simulate_command(
     output: Path,
     trajectory: Path,
     plots_dir: Path,
+    movie_systems: int | None,
 ) -> None:
-    """Integrate systems with a policy; write metrics JSON, a trajectory NPZ and plots."""
+    """Integrate systems with a policy; write metrics JSON, a trajectory NPZ, plots and movies."""
     from aitimestepper.simulate import simulate_from_params, write_outputs
 
     params = _load(params_path)
@@ -170,7 +181,10 @@ def simulate_command(
             )
         except ValueError as error:
             raise click.UsageError(str(error)) from None
-    summary = write_outputs(outputs, output, trajectory, plots_dir)["summary"]
+    movie = params.simulation.movie
+    if movie_systems is not None:
+        movie = movie.model_copy(update={"systems": movie_systems})
+    summary = write_outputs(outputs, output, trajectory, plots_dir, movie)["summary"]
     click.echo(
         f"{summary['systems']} systems, {summary['mean_steps_per_time_scale']:.1f} steps and "
         f"{summary['mean_force_evaluations_per_time_scale']:.1f} force evaluations per time scale, gate pass rate "
@@ -246,6 +260,7 @@ def evaluate_command(params_path: Path, source: Path, output: Path, plots_dir: P
     jobs = len(params.evaluation.suite) * (1 + len(params.evaluation.extra_thresholds))
     with tqdm(total=jobs, desc="evaluate", unit="family", file=sys.stderr, disable=None) as bar:
         report = evaluate(params, str(source), progress=lambda name: (bar.set_postfix_str(name), bar.update(1)))
+    click.echo(f"writing the report, plots and one movie per family -> {output}, {plots_dir}", err=True)
     write_report(report, output, plots_dir, params=params)
     if not no_tracking:
         _track_evaluation(params, report, plots_dir)
@@ -281,6 +296,8 @@ def _track_evaluation(params: Params, report: dict, plots_dir: Path) -> None:
         mlflow.log_dict(report, "evaluate.json")
         for plot in sorted(plots_dir.glob("*.png")):
             mlflow.log_artifact(str(plot), artifact_path="plots")
+        for movie in sorted((plots_dir / "movies").glob("*.gif")):
+            mlflow.log_artifact(str(movie), artifact_path="movies")
 
 
 @main.command("promote")

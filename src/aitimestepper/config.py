@@ -189,6 +189,18 @@ class TrainingParams(Section):
         return self
 
 
+#: the most frames a movie holds (its file grows with them)
+MAX_MOVIE_FRAMES = 600
+
+
+class MovieParams(Section):
+    """Movies of simulated systems (:mod:`aitimestepper.movies`): animated GIFs."""
+
+    systems: int = Field(1, ge=0, le=64, description="Movies of the first this many systems of each group (0: none).")
+    frames: int = Field(120, ge=2, le=MAX_MOVIE_FRAMES, description="Frames per movie, uniform in time.")
+    fps: int = Field(15, ge=1, le=50, description="Frames per second of playback.")
+
+
 class SimulationParams(Section):
     """The simulation stage: which policy integrates which systems for how long."""
 
@@ -202,6 +214,7 @@ class SimulationParams(Section):
         description="The simulated systems: a family spec with systems per dimension and duration (time scales).",
     )
     max_steps: int = Field(200_000, ge=1, description="Hard cap on steps per system.")
+    movie: MovieParams = Field(default_factory=MovieParams, description="Movies of the simulated systems.")
 
 
 def _default_suite() -> dict[str, Any]:

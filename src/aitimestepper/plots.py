@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from aitimestepper.atomic import write_atomic  # noqa: E402
 
@@ -39,8 +40,59 @@ def training_curves(history: list[dict[str, float]], path: Path, kept_epoch: int
     plt.close(figure)
 
 
-def simulation_plots(trajectory, directory: Path, title: str, max_systems: int = 6) -> None:
-    """``orbits.png`` (x-y paths of every body), ``energy_error.png`` and ``dt.png`` (vs time)."""
+def orbital_plane(positions, masses) -> np.ndarray:
+    """(D, 2) an orthonormal basis of the plane to draw bodies in: x-y in 2-D; in 3-D the plane in
+    which their paths about the centre of mass spread most (the two principal axes of the
+    mass-weighted positions over the run: a binary's orbital plane, a hierarchical system's outer
+    one).
+
+    Args:
+        positions: (T, N, D) positions over a run (finite); masses: (N,).
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    dim = positions.shape[-1]
+    if dim == 2:
+        return np.eye(2)
+    weights = np.asarray(masses, dtype=np.float64) / np.sum(masses)
+    centre = np.einsum("n,tnd->td", weights, positions)[:, None]
+    relative = (positions - centre) * np.sqrt(weights)[None, :, None]
+    spread = np.einsum("tnd,tne->de", relative, relative)
+    _, vectors = np.linalg.eigh(spread)  # ascending eigenvalues
+    first, second = vectors[:, 2], vectors[:, 1]
+    return np.stack([first, second], axis=1)
+
+
+def body_colours(count: int) -> np.ndarray:
+    """(count, 4) one RGBA colour per body (tab10, repeating)."""
+    return matplotlib.colormaps["tab10"](np.arange(count) % 10)
+
+
+def draw_paths(axis, plane, colours, alpha: float = 1.0, dim: int = 2) -> None:
+    """Each body's path (``plane``: (T, N, 2) finite projected positions) in its colour, a hollow
+    circle where it starts and a cross where it ends; equal axes in length units."""
+    for body in range(plane.shape[1]):
+        path = plane[:, body]
+        axis.plot(path[:, 0], path[:, 1], color=colours[body], lw=0.6, alpha=alpha)
+        axis.plot(*path[0], marker="o", color=colours[body], ms=5, mfc="none", ls="")
+        axis.plot(*path[-1], marker="x", color=colours[body], ms=6, ls="")
+    axis.set_aspect("equal", adjustable="datalim")
+    primed = "'" if dim == 3 else ""
+    where = " (plane of the orbits)" if dim == 3 else ""
+    axis.set_xlabel(f"x{primed} (length units){where}", fontsize=8)
+    axis.set_ylabel(f"y{primed} (length units)", fontsize=8)
+    axis.tick_params(labelsize=7)
+    axis.grid(alpha=0.3)
+
+
+def simulation_plots(trajectory, masses, labels: list[dict], directory: Path, title: str, max_systems: int = 6) -> None:
+    """``orbits.png`` (every body's path in the plane of the orbits, start o and end x),
+    ``energy_error.png`` and ``dt.png`` (against time) of the first ``max_systems`` systems.
+
+    Args:
+        trajectory: a rollout's :class:`aitimestepper.rollout.Trajectory`.
+        masses: (B, N) the systems' masses; labels: B dicts (``family`` names each panel).
+        title: what the run is (policy, systems), drawn above every figure.
+    """
     directory = Path(directory)
     count = min(trajectory.time.shape[1], max_systems)
     columns = min(count, 3)
@@ -51,11 +103,14 @@ def simulation_plots(trajectory, directory: Path, title: str, max_systems: int =
             axis.set_visible(False)
             continue
         positions = trajectory.positions[:, k].numpy()
-        for body in range(positions.shape[1]):
-            axis.plot(positions[:, body, 0], positions[:, body, 1], lw=0.6)
-        axis.set_aspect("equal", adjustable="datalim")
-        axis.set_title(f"system {k}", fontsize=9)
-    figure.suptitle(f"orbits: {title}")
+        positions = positions[np.isfinite(positions).all(axis=(1, 2))]
+        if positions.shape[0] == 0:
+            axis.set_title(f"{system_name(labels[k], k)}: no finite positions", fontsize=9)
+            continue
+        plane = positions @ orbital_plane(positions, masses[k].numpy())
+        draw_paths(axis, plane, body_colours(plane.shape[1]), dim=positions.shape[2])
+        axis.set_title(system_name(labels[k], k), fontsize=9)
+    figure.suptitle(f"orbits: {title}", fontsize=10)
     _save(figure, directory / "orbits.png")
     for key, label, name in (
         ("energy_error", "|E - E0| / |E0|", "energy_error.png"),
@@ -65,14 +120,22 @@ def simulation_plots(trajectory, directory: Path, title: str, max_systems: int =
         values = getattr(trajectory, key)
         for k in range(count):
             mask = values[:, k] > 0
-            axis.plot(trajectory.time[mask, k].numpy(), values[mask, k].numpy(), lw=0.7, label=f"system {k}")
+            axis.plot(
+                trajectory.time[mask, k].numpy(), values[mask, k].numpy(), lw=0.7, label=system_name(labels[k], k)
+            )
         axis.set_yscale("log")
-        axis.set_xlabel("time")
+        axis.set_xlabel("time (time units)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, ncol=3)
-        axis.set_title(f"{label}: {title}", fontsize=10)
+        axis.legend(fontsize=7, ncol=2)
+        axis.set_title(f"{label} against time: {title}", fontsize=10)
         _save(figure, directory / name)
+
+
+def system_name(label: dict, index: int) -> str:
+    """'system k (family)' for a panel or a legend."""
+    family = label.get("family")
+    return f"system {index} ({family})" if family else f"system {index}"
 
 
 def _save(figure, path: Path) -> None:
@@ -93,8 +156,8 @@ _POLICY_COLOURS = {
 
 
 _POLICY_LABELS = {
-    "learned": "learned",
-    "learned_gated": "learned, gated",
+    "learned": "learned policy",
+    "learned_gated": "learned policy, gated",
     "oracle": "greedy oracle",
     "energy_feedback": "energy-feedback controller (gated)",
     "energy_free_fall": "energy-normalised free-fall",
@@ -103,8 +166,14 @@ _POLICY_LABELS = {
     "fixed": "fixed dt",
 }
 #: cost axis of the cost-versus-accuracy panels, in units of the oracle's steps; costlier points
-#: are drawn at the right edge with their value
+#: are listed in the panel's corner with their value
 _COST_RANGE = (0.9, 4.0)
+
+
+def policy_title(policy: str, gated: bool, energy_threshold: float) -> str:
+    """A run's policy in words: 'learned policy, ungated, threshold 0.0002'."""
+    name = _POLICY_LABELS.get(policy, policy).removesuffix(" (gated)")
+    return f"{name}, {'gated' if gated else 'ungated'}, threshold {energy_threshold:g}"
 
 
 def cost_vs_accuracy(report: dict, path: Path) -> None:
@@ -119,6 +188,7 @@ def cost_vs_accuracy(report: dict, path: Path) -> None:
     figure, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.0 * rows), squeeze=False)
     markers = ("o", "s", "^", "D")
     for axis, name in zip(axes.flat, names, strict=False):
+        beyond = []
         for level, marker in zip(levels, markers, strict=False):
             data = report["thresholds"][level]["families"].get(name)
             if data is None:
@@ -126,12 +196,33 @@ def cost_vs_accuracy(report: dict, path: Path) -> None:
             for policy, values in data["summary"].items():
                 cost = values["median_ratio_to_oracle_same_path"]
                 error = min(max(values["max_step_error_over_threshold"], 0.05), 50.0)
-                shown = min(cost, _COST_RANGE[1])
-                axis.scatter([shown], [error], s=40, marker=marker, color=_POLICY_COLOURS.get(policy), zorder=3)
-                if cost > _COST_RANGE[1]:
-                    axis.annotate(
-                        f"{cost:.0f}x", (shown, error), fontsize=7, xytext=(-22, 4), textcoords="offset points"
-                    )
+                if cost > _COST_RANGE[1]:  # listed in the panel's corner instead of piled on its edge
+                    beyond.append(f"{_POLICY_LABELS.get(policy, policy)} at {level}: {cost:.3g}x")
+                    continue
+                colour = _POLICY_COLOURS.get(policy)
+                # the gated learned policy often lands on the ungated one: a larger ring around it
+                hollow = policy == "learned_gated"
+                axis.scatter(
+                    [cost],
+                    [error],
+                    s=110 if hollow else 40,
+                    marker=marker,
+                    facecolors="none" if hollow else colour,
+                    edgecolors=colour,
+                    linewidths=1.5 if hollow else 0.5,
+                    zorder=3,
+                )
+        if beyond:
+            axis.text(
+                0.98,
+                0.03,
+                "beyond 4x:\n" + "\n".join(beyond),
+                transform=axis.transAxes,
+                ha="right",
+                va="bottom",
+                fontsize=6.5,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"},
+            )
         axis.axhline(1.0, color="black", lw=0.8, ls="--")
         axis.set_xscale("log")
         axis.set_yscale("log")
@@ -147,7 +238,16 @@ def cost_vs_accuracy(report: dict, path: Path) -> None:
     for axis in list(axes.flat)[len(names) :]:
         axis.set_visible(False)
     handles = [
-        plt.Line2D([], [], color=colour, marker="o", ls="", label=_POLICY_LABELS[policy])
+        plt.Line2D(
+            [],
+            [],
+            color=colour,
+            marker="o",
+            ls="",
+            label=_POLICY_LABELS[policy],
+            mfc="none" if policy == "learned_gated" else colour,
+            ms=9 if policy == "learned_gated" else 6,
+        )
         for policy, colour in _POLICY_COLOURS.items()
     ]
     handles += [

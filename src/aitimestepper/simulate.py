@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from aitimestepper.atomic import write_atomic, write_json
-from aitimestepper.config import HostParams, Params
+from aitimestepper.config import HostParams, MovieParams, Params
 from aitimestepper.model import LearnedPolicy
 from aitimestepper.physics.external import TidalField
 from aitimestepper.physics.state import State
@@ -198,11 +198,16 @@ def simulate_from_params(
 
 
 def write_outputs(
-    outputs: list[tuple[dict[str, Any], Rollout]], output: Path, trajectory: Path | None, plots_dir: Path | None
+    outputs: list[tuple[dict[str, Any], Rollout]],
+    output: Path,
+    trajectory: Path | None,
+    plots_dir: Path | None,
+    movie: MovieParams | None = None,
 ) -> dict[str, Any]:
-    """Metrics JSON (one summary over every group), trajectory NPZ and plots, each written
+    """Metrics JSON (one summary over every group), trajectory NPZ, plots and (``movie``) movies
+    of the first ``movie.systems`` systems of each group in ``plots_dir/movies``, each written
     atomically. With several groups of systems (different N or D) the trajectory arrays are
-    prefixed ``group<k>_`` and each group's plots go to ``plots_dir/group<k>``."""
+    prefixed ``group<k>_`` and each group's plots and movies go to ``plots_dir/group<k>``."""
     merged = _merged([metrics for metrics, _ in outputs])
     write_json(output, merged)
     several = len(outputs) > 1
@@ -224,7 +229,11 @@ def write_outputs(
             from aitimestepper.plots import simulation_plots
 
             directory = Path(plots_dir) / f"group{k}" if several else Path(plots_dir)
-            simulation_plots(result.trajectory, directory, title=f"{metrics['policy']} ({metrics['source']})")
+            masses = result.final_state.masses
+            title = run_title(metrics)
+            simulation_plots(result.trajectory, masses, metrics["systems"], directory, title=title)
+            if movie is not None and movie.systems > 0:
+                write_movies(result, metrics, directory / "movies", movie)
     if arrays and trajectory is not None:
 
         def save(tmp: Path) -> None:
@@ -233,6 +242,34 @@ def write_outputs(
 
         write_atomic(Path(trajectory), save)
     return merged
+
+
+def run_title(metrics: dict[str, Any]) -> str:
+    """What a simulation shows, in words (never a path): 'learned policy, ungated, threshold
+    0.0002 on 4 hierarchical_triple systems of 3 bodies in 3-D'."""
+    from aitimestepper.plots import policy_title
+
+    rows = metrics["systems"]
+    families = "+".join(dict.fromkeys(str(row.get("family", "file")) for row in rows))
+    shape = f"{rows[0]['num_bodies']} bodies in {rows[0]['dim']}-D" if rows else ""
+    policy = policy_title(metrics["policy"], metrics["gated"], metrics["energy_threshold"])
+    return f"{policy} on {len(rows)} {families} systems of {shape}"
+
+
+def write_movies(result: Rollout, metrics: dict[str, Any], directory: Path, movie: MovieParams) -> list[Path]:
+    """``system<k>.gif`` of the first ``movie.systems`` systems of a recorded rollout; returns
+    their paths."""
+    from aitimestepper.movies import MovieData, write_movie
+    from aitimestepper.plots import policy_title, system_name
+
+    policy = policy_title(metrics["policy"], metrics["gated"], metrics["energy_threshold"])
+    paths = []
+    for k in range(min(movie.systems, result.final_state.batch_size)):
+        data = MovieData.of(result.trajectory, result.final_state.masses, k)
+        path = Path(directory) / f"system{k}.gif"
+        write_movie(data, path, f"{policy}: {system_name(metrics['systems'][k], k)}", movie.frames, movie.fps)
+        paths.append(path)
+    return paths
 
 
 def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:

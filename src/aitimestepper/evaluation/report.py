@@ -20,6 +20,7 @@ import math
 import statistics
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -351,16 +352,29 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
 CURVE_TIME_SCALES, CURVE_MAX_STEPS = 2.0, 3_000
 
 
-def dt_curves(params: Params, source: str, report: dict[str, Any]) -> dict[str, dict[str, tuple]]:
-    """Per family, dt / time scale against time / time scale along the first held-out system, for
-    the learned policy, the oracle and the family's best classical policy (trained threshold),
-    over at most ``CURVE_TIME_SCALES`` time scales and ``CURVE_MAX_STEPS`` steps."""
+@dataclass(frozen=True)
+class RecordedRuns:
+    """One held-out system per family run by the learned policy, the oracle and the family's best
+    classical policy: ``curves`` family -> policy -> (time, dt) in time scales (the
+    dt-along-runs plot); ``movies`` family -> the learned policy's run
+    (:class:`aitimestepper.movies.MovieData`) and its title."""
+
+    curves: dict[str, dict[str, tuple]]
+    movies: dict[str, tuple[Any, str]]
+
+
+def recorded_runs(params: Params, source: str, report: dict[str, Any]) -> RecordedRuns:
+    """Per family, the first held-out system's runs by the learned policy, the oracle and the
+    family's best classical policy (trained threshold), over at most ``CURVE_TIME_SCALES`` time
+    scales and ``CURVE_MAX_STEPS`` steps."""
+    from aitimestepper.movies import MovieData
+    from aitimestepper.plots import policy_title
     from aitimestepper.rollout import rollout
 
     level = f"{report['trained_threshold']:g}"
     learned = _load_learned(source)
     threshold = report["trained_threshold"]
-    curves = {}
+    curves, movies = {}, {}
     for family in suite(params):
         data = report["thresholds"][level]["families"][family.name]
         chosen = contenders(learned, threshold, data["tuned"])
@@ -383,22 +397,33 @@ def dt_curves(params: Params, source: str, report: dict[str, Any]) -> dict[str, 
                 result.trajectory.time[:-1, 0][moved] / scale,
                 result.trajectory.dt[1:, 0][moved] / scale,
             )
-    return curves
+            if name == "learned":
+                shape = f"{first.num_bodies} bodies, {first.dim}-D"
+                title = f"{policy_title('learned', gated, threshold)}: {family.name}, held-out {shape}"
+                movies[family.name] = (MovieData.of(result.trajectory, first.state.masses, 0), title)
+    return RecordedRuns(curves, movies)
 
 
 def write_report(report: dict[str, Any], output: Path, plots_dir: Path | None, params: Params | None = None) -> None:
     """The report JSON and, with ``plots_dir``, the cost-versus-accuracy panels of every family
-    and threshold and (given ``params``) dt along one run per family."""
+    and threshold and (given ``params``) dt along one run per family and a movie of the learned
+    policy's run of it (``movies/<family>.gif``, frames and speed of ``simulation.movie``)."""
     from aitimestepper.atomic import write_json
 
     write_json(output, report)
     if plots_dir is None:
         return
+    from aitimestepper.movies import write_movie
     from aitimestepper.plots import cost_vs_accuracy, dt_along_runs
 
     cost_vs_accuracy(report, Path(plots_dir) / "cost_vs_accuracy.png")
-    if params is not None:
-        dt_along_runs(dt_curves(params, report["source"], report), Path(plots_dir) / "dt_along_runs.png")
+    if params is None:
+        return
+    runs = recorded_runs(params, report["source"], report)
+    dt_along_runs(runs.curves, Path(plots_dir) / "dt_along_runs.png")
+    movie = params.simulation.movie
+    for name, (data, title) in runs.movies.items():
+        write_movie(data, Path(plots_dir) / "movies" / f"{name}.gif", title, movie.frames, movie.fps)
 
 
 def _load_learned(source: str) -> LearnedPolicy:
