@@ -184,6 +184,8 @@ def simulate_command(
     movie = params.simulation.movie
     if movie_systems is not None:
         movie = movie.model_copy(update={"systems": movie_systems})
+    if movie.systems > 0:
+        click.echo(f"writing plots and movies of up to {movie.systems} systems per group -> {plots_dir}", err=True)
     summary = write_outputs(outputs, output, trajectory, plots_dir, movie)["summary"]
     click.echo(
         f"{summary['systems']} systems, {summary['mean_steps_per_time_scale']:.1f} steps and "

@@ -11,6 +11,7 @@ matplotlib's Agg canvas and the GIF is written with Pillow, atomically.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +61,12 @@ class MovieData:
 
 
 def frame_indices(time: np.ndarray, frames: int) -> np.ndarray:
-    """(F,) int64 the rows shown by ``frames`` frames uniform in time (F = min(frames, rows), each
-    the last row at or before its frame's time; a run without time gives its first rows)."""
-    count = min(int(frames), time.shape[0])
-    if count < 1:
+    """(frames,) int64 the rows shown by ``frames`` frames uniform in time, each the last row at or
+    before its frame's time (a row shows in several frames where the steps are longer than the
+    frames' spacing)."""
+    if frames < 1 or time.shape[0] < 1:
         raise ValueError(f"a movie needs at least one frame and one recorded row, got frames = {frames}")
-    targets = np.linspace(time[0], time[-1], count)
+    targets = np.linspace(time[0], time[-1], int(frames))
     return np.clip(np.searchsorted(time, targets, side="right") - 1, 0, time.shape[0] - 1)
 
 
@@ -111,7 +112,7 @@ def _render(data: MovieData, plane: np.ndarray, finite: np.ndarray, shown: np.nd
     colours = body_colours(plane.shape[1])
     sizes = 20 + 60 * (data.masses / data.masses.max()) ** (1 / 3)
     _static_panels(data, plane, finite, orbit, error_axis, dt_axis, colours)
-    figure.suptitle(title, fontsize=10)
+    figure.suptitle(textwrap.fill(title, 110), fontsize=10)
     figure.tight_layout(rect=(0, 0, 1, 0.95))
     span = TRAIL_FRACTION * (data.time[-1] - data.time[0])
     images = []

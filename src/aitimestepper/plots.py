@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -110,7 +111,7 @@ def simulation_plots(trajectory, masses, labels: list[dict], directory: Path, ti
         plane = positions @ orbital_plane(positions, masses[k].numpy())
         draw_paths(axis, plane, body_colours(plane.shape[1]), dim=positions.shape[2])
         axis.set_title(system_name(labels[k], k), fontsize=9)
-    figure.suptitle(f"orbits: {title}", fontsize=10)
+    figure.suptitle(textwrap.fill(f"orbits: {title}", 40 * columns), fontsize=10)
     _save(figure, directory / "orbits.png")
     for key, label, name in (
         ("energy_error", "|E - E0| / |E0|", "energy_error.png"),
@@ -128,7 +129,7 @@ def simulation_plots(trajectory, masses, labels: list[dict], directory: Path, ti
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, ncol=2)
-        axis.set_title(f"{label} against time: {title}", fontsize=10)
+        axis.set_title(textwrap.fill(f"{label} against time: {title}", 90), fontsize=10)
         _save(figure, directory / name)
 
 
