@@ -86,7 +86,7 @@ def test_the_search_side_by_side_finds_the_same_step_bit_for_bit(
                     x, v, a, m, eps, none, 0.0, before, threshold, grid, bisections, x1, v1, a1, scratch
                 )
                 assert side_by_side == one_at_a_time == chosen, (count, dim, seed)
-                scale = physics.min_energy_free_fall(x, v, m, eps) * threshold ** (1 / 3)
+                scale = physics.min_energy_free_fall(x, v, m, eps, none, 0.0) * threshold ** (1 / 3)
                 if outcome == "smallest":
                     assert one_at_a_time == scale * grid[0]
                 elif outcome == "largest":
