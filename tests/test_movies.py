@@ -81,3 +81,19 @@ def test_bad_movie_settings_are_refused_and_write_nothing(tmp_path):
     with pytest.raises(ValueError, match="no finite positions"):
         write_movie(broken, tmp_path / "bad.gif", "bad")
     assert not list(tmp_path.iterdir())
+
+
+def test_frames_without_a_step_between_them_are_stored_once_for_their_time(tmp_path):
+    """Three recorded rows (a step of 0.1 then one of 0.9) in 11 frames 0.1 apart: the file holds
+    3 frames, the middle one shown for the 9 frames' time, 1.1 s in all at 10 frames per second."""
+    time = np.array([0.0, 0.1, 1.0])
+    positions = np.array([[[-1.0, 0.0], [1.0, 0.0]], [[-0.9, 0.3], [0.9, -0.3]], [[0.0, 1.0], [0.0, -1.0]]])
+    data = MovieData(time, np.array([0.0, 0.1, 0.9]), np.array([0.0, 1e-5, 2e-5]), positions, np.ones(2))
+    path = tmp_path / "steps.gif"
+    assert write_movie(data, path, "two steps", frames=11, fps=10) == 3
+    with Image.open(path) as movie:
+        durations = []
+        for k in range(movie.n_frames):
+            movie.seek(k)
+            durations.append(movie.info["duration"])
+    assert durations == [100, 900, 100]
