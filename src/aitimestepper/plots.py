@@ -262,26 +262,28 @@ def cost_vs_accuracy(report: dict, path: Path) -> None:
 
 
 def dt_along_runs(curves: dict[str, dict[str, tuple]], path: Path) -> None:
-    """One panel per family: dt against time (in time scales) of one system, one line per policy."""
+    """One panel per family: dt against time (in time scales) of one system, one line per policy;
+    one legend for all panels, below them (a legend inside a panel hides the curves)."""
     names = list(curves)
     columns = min(3, len(names))
     rows = -(-len(names) // columns)
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False, constrained_layout=True
-    )
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows + 0.6), squeeze=False)
+    shown: dict[str, object] = {}
     for axis, name in zip(axes.flat, names, strict=False):
         for policy, (time, dt) in curves[name].items():
             label = _POLICY_LABELS.get(policy, policy)
-            axis.plot(time.numpy(), dt.numpy(), lw=0.8, label=label, color=_POLICY_COLOURS.get(policy))
+            (line,) = axis.plot(time.numpy(), dt.numpy(), lw=0.8, label=label, color=_POLICY_COLOURS.get(policy))
+            shown.setdefault(label, line)
         axis.set_yscale("log")
         axis.set_title(name, fontsize=9)
         axis.set_xlabel("time (time scales)", fontsize=8)
         axis.set_ylabel("dt / time scale", fontsize=8)
         axis.grid(alpha=0.3, which="both")
-        axis.legend(fontsize=7)
     for axis in list(axes.flat)[len(names) :]:
         axis.set_visible(False)
-    figure.suptitle("dt along one held-out run per family")
+    figure.legend(list(shown.values()), list(shown), loc="lower center", ncol=len(shown), fontsize=8, frameon=False)
+    figure.suptitle("dt along one held-out run per family (the learned policy, the oracle, the best classical policy)")
+    figure.tight_layout(rect=(0, 0.04, 1, 0.97))
     _save(figure, Path(path))
 
 
