@@ -117,7 +117,7 @@ def simulation_plots(trajectory, masses, labels: list[dict], directory: Path, ti
         ("energy_error", "|E - E0| / |E0|", "energy_error.png"),
         ("dt", "dt (time units)", "dt.png"),
     ):
-        figure, axis = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+        figure, axis = plt.subplots(figsize=(8, 5), constrained_layout=True)
         values = getattr(trajectory, key)
         for k in range(count):
             mask = values[:, k] > 0
@@ -128,7 +128,8 @@ def simulation_plots(trajectory, masses, labels: list[dict], directory: Path, ti
         axis.set_xlabel("time (time units)")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7, ncol=2)
+        # below the axes: inside them a legend hides the curves
+        figure.legend(loc="outside lower center", fontsize=7, ncol=3, frameon=False)
         axis.set_title(textwrap.fill(f"{label} against time: {title}", 90), fontsize=10)
         _save(figure, directory / name)
 
