@@ -9,20 +9,28 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro repro-check test test-fast lint ui serve simulate bench clean
+.PHONY: help setup repro repro-check test test-fast lint ui ui-check server sweep serve simulate bench clean
 
 # the local MLflow store; an MLFLOW_TRACKING_URI in the environment (a shared server) wins
 STORE := $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}
 UI_PORT ?= 5000
+SERVER_DIR ?= .server
+SERVER_PORT ?= 5000
+POSTGRES_PORT ?= 5433
 SERVE_PORT ?= 5001
 MODEL ?= models:/aitimestepper@champion
 ICS ?=
 OUT ?= results/adhoc
+# `make sweep`: one queued DVC experiment per threshold x seed, JOBS at a time, named SWEEP-threshold<T>-seed<S>
+THRESHOLDS ?= 2e-4 1e-4
+SEEDS ?= 0 1 2
+JOBS ?= 2
+SWEEP ?= sweep
 # extra `dvc repro` flags of `make repro` (repro-check passes --force)
 REPRO_FLAGS ?=
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,9 +58,25 @@ lint: setup ## Check style with ruff
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 
-ui: setup ## MLflow UI on http://127.0.0.1:5000 (UI_PORT), one worker, no job runner
+ui: setup ## MLflow UI of the local store on http://127.0.0.1:5000 (UI_PORT); a shared server has its own
+	@case "$(STORE)" in http*) echo "MLFLOW_TRACKING_URI is a server: its UI is at $(STORE)"; exit 0;; esac; \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server --backend-store-uri "$(STORE)" \
 		--workers 1 -h 127.0.0.1 -p $(UI_PORT)
+
+ui-check: setup ## Headless-Chromium screenshots of the MLflow UI (runs table, charts, comparison) -> results/ui/
+	$(BIN)/python scripts/ui_screenshots.py --out results/ui
+
+sweep: setup ## Queue THRESHOLDS x SEEDS as DVC experiments, run JOBS at a time, wait, show them (see README)
+	for t in $(THRESHOLDS); do for s in $(SEEDS); do \
+		dvc exp run --queue --name "$(SWEEP)-threshold$$t-seed$$s" -S energy_threshold=$$t -S seed=$$s || exit 1; \
+	done; done
+	dvc queue start -j $(JOBS)
+	while dvc queue status | grep -qE 'Queued|Running'; do sleep 20; done
+	dvc queue status
+	dvc exp show --no-pager --md --drop '.*' --keep 'Experiment|params.yaml:energy_threshold|seed$$|headline\..*'
+
+server: setup ## Shared MLflow server: PostgreSQL store + proxied artifacts in SERVER_DIR, http://127.0.0.1:5000 (SERVER_PORT)
+	$(BIN)/aits server --dir $(SERVER_DIR) --port $(SERVER_PORT) --postgres-port $(POSTGRES_PORT)
 
 serve: setup ## Serve MODEL (default: the champion) at http://127.0.0.1:5001/invocations (SERVE_PORT)
 	MLFLOW_TRACKING_URI="$(STORE)" $(BIN)/mlflow models serve -m $(MODEL) --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from aitimestepper.reproduction import differences
-from training_params import REPO, SMALL_EVALUATION, tiny_params
+from repository_copy import commit, pipeline_environment, run, tiny_pipeline_copy
+from training_params import SMALL_EVALUATION
 
 
 def strict_json(text: str):
@@ -27,32 +24,10 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def run(command: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, f"{command} failed:\n{done.stdout}\n{done.stderr}"
-    return done
-
-
 @pytest.mark.slow
 def test_dvc_repro_runs_the_whole_pipeline_and_a_second_clone_pulls_it(tmp_path):
-    copy = tmp_path / "repo"
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in tracked:
-        if (REPO / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, copy / name)
-    params = tiny_params(epochs=2).model_dump(mode="json")
-    params["simulation"]["systems"].update(systems=2, duration=0.5)
-    params["evaluation"].update(SMALL_EVALUATION, extra_thresholds=[])
-    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    for command in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
-    ):
-        run(command, copy, env)
+    env = pipeline_environment()
+    copy, params = tiny_pipeline_copy(tmp_path / "repo", env)
     run(["dvc", "repro"], copy, env)
 
     for output in (
@@ -86,9 +61,24 @@ def test_dvc_repro_runs_the_whole_pipeline_and_a_second_clone_pulls_it(tmp_path)
 
     client = MlflowClient(tracking_uri=f"sqlite:///{copy / 'mlflow.db'}")
     [experiment] = [e for e in client.search_experiments() if e.name == params["tracking"]["experiment_name"]]
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["evaluate", "train"]
-    [evaluated] = [r for r in runs if r.info.run_name == "evaluate"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=copy, capture_output=True, text=True).stdout
+    name = f"threshold 0.0002 · seed {params['seed']} · {head[:7]}"
+    assert sorted(r.info.run_name for r in runs) == [name, f"{name} · evaluate", f"{name} · train"]
+    [pipeline] = [r for r in runs if r.info.run_name == name]
+    assert all(r.data.tags["mlflow.parentRunId"] == pipeline.info.run_id for r in runs if r is not pipeline)
+    [evaluated] = [r for r in runs if r.info.run_name.endswith("evaluate")]
+    # one row of the runs table holds the params and the results
+    assert pipeline.data.params["energy_threshold"] == "0.0002"
+    charted = {
+        f"results/{family}/{key}" for family in SMALL_EVALUATION["suite"] for key in ("cost_vs_oracle", "pass_rate")
+    }
+    assert charted <= set(pipeline.data.metrics)
+    assert (
+        pipeline.data.metrics["results/worst_family_pass_rate"]
+        == evaluated.data.metrics["results/worst_family_pass_rate"]
+    )
     logged_movies = sorted(Path(a.path).name for a in client.list_artifacts(evaluated.info.run_id, "movies"))
     assert logged_movies == sorted(f"{name}.gif" for name in SMALL_EVALUATION["suite"])
     non_finite = {"nan", "inf", "-inf", "infinity", "-infinity"}
@@ -106,14 +96,10 @@ def test_dvc_repro_runs_the_whole_pipeline_and_a_second_clone_pulls_it(tmp_path)
 
     # a second clone, without mlflow.db, pulls the outputs from a DVC remote: its pipeline is up to
     # date and its pulled checkpoint simulates as the first clone's did
-    for command in (
-        ["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")],
-        ["dvc", "push"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline outputs"],
-        ["git", "clone", "-q", str(copy), str(tmp_path / "clone")],
-    ):
-        run(command, copy, env)
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], copy, env)
+    run(["dvc", "push"], copy, env)
+    commit(copy, env, "pipeline outputs")
+    run(["git", "clone", "-q", str(copy), str(tmp_path / "clone")], copy, env)
     clone = tmp_path / "clone"
     assert not (clone / "models/model.pt").exists() and not (clone / "mlflow.db").exists()
     run(["dvc", "pull"], clone, env)

@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -18,14 +11,9 @@ import requests
 from aitimestepper.pyfunc import log_simulation_model
 from aitimestepper.serving import example_request
 from invalid_systems import GOOD, KINDS
+from servers import served_model, split
 
 NAME = "aits-serve-test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,46 +24,8 @@ def server(tmp_path_factory, tiny_checkpoint):
     mlflow.set_registry_uri(uri)
     with mlflow.start_run():
         version = log_simulation_model(tiny_checkpoint, registered_model_name=NAME).registered_model_version
-    port = free_port()
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(bin_dir / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{NAME}/{version}",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if requests.get(f"{base}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("server did not answer /ping within 120 s")
+    with served_model(f"models:/{NAME}/{version}", uri, tmp_path / "server.log") as base:
         yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the mlflow PID and its uvicorn child
-        process.wait(timeout=30)
-        log.close()
 
 
 def post(base: str, payload: dict) -> requests.Response:
@@ -96,10 +46,6 @@ def request_of(system: dict, duration: float = 0.5) -> dict:
     columns = ["masses", "positions", "velocities", "duration", "softening"]
     row = [system["masses"], system["positions"], system["velocities"], duration, system.get("softening", 0.0)]
     return {"dataframe_split": {"columns": columns, "data": [row]}}
-
-
-def split(frame) -> dict:
-    return {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
 
 
 def test_served_model_answers_and_refuses_malformed_requests(server):

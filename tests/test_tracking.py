@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from aitimestepper.pyfunc import pip_requirements
 from aitimestepper.training.run import run_training
 from training_params import tiny_params
 
@@ -56,6 +58,14 @@ def test_training_run_lands_in_the_store_with_per_epoch_metrics(tmp_path, store)
     assert run.data.params["energy_threshold"] == "0.0002"
     assert run.data.params["training.steps_per_epoch"] == "4"
     assert run.data.tags["dvc_exp_name"] == "exp-test"
+    # one pipeline run per execution, named by the DVC experiment, with training as its child
+    pipeline = client.get_run(record["pipeline_run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+    assert (pipeline.info.run_name, run.info.run_name) == ("exp-test", "exp-test · train")
+    assert pipeline.info.status == "FINISHED" and pipeline.data.params == run.data.params
+    assert pipeline.data.metrics["summary/kept_epoch"] == summary["kept_epoch"]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     for key in EPOCH_KEYS:
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == [1, 2, 3], key
@@ -63,5 +73,8 @@ def test_training_run_lands_in_the_store_with_per_epoch_metrics(tmp_path, store)
     assert {"contract.json", "checkpoint", "plots"} <= artifacts
     logged = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert [m.source_run_id for m in logged] == [run.info.run_id]
+    requirements = Path(client.download_artifacts(run.info.run_id, "model/requirements.txt", str(tmp_path)))
+    stated = requirements.read_text().split()
+    assert stated == pip_requirements() and {"torch==2.13.0", "numba==0.68.1"} <= set(stated)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
     assert (tmp_path / "models" / "training_curves.png").stat().st_size > 10_000

@@ -248,8 +248,18 @@ def register_command(params_path: Path, train_run: Path, output: Path) -> None:
 )
 @click.option("--output", type=click.Path(path_type=Path), default=Path("metrics/evaluate.json"), show_default=True)
 @click.option("--plots-dir", type=click.Path(path_type=Path), default=Path("plots/evaluate"), show_default=True)
+@click.option(
+    "--train-run",
+    type=click.Path(path_type=Path),
+    default=Path("models/train_run.json"),
+    show_default=True,
+    help="The training record of the model: if it trained this very checkpoint in this tracking store, the "
+    "evaluation run joins its pipeline run, which gets the headline results too.",
+)
 @click.option("--no-tracking", is_flag=True, help="Do not log to MLflow.")
-def evaluate_command(params_path: Path, source: Path, output: Path, plots_dir: Path, no_tracking: bool) -> None:
+def evaluate_command(
+    params_path: Path, source: Path, output: Path, plots_dir: Path, train_run: Path, no_tracking: bool
+) -> None:
     """Compare the learned policy with tuned classical rules and the oracle on every held-out family."""
     from aitimestepper.checkpoint import CheckpointError, load_policy
     from aitimestepper.evaluation.report import evaluate, write_report
@@ -265,7 +275,7 @@ def evaluate_command(params_path: Path, source: Path, output: Path, plots_dir: P
     click.echo(f"writing the report, plots and one movie per family -> {output}, {plots_dir}", err=True)
     write_report(report, output, plots_dir, params=params)
     if not no_tracking:
-        _track_evaluation(params, report, plots_dir)
+        _track_evaluation(params, report, plots_dir, train_run)
     numbers = report["headline"]
     click.echo(json.dumps(report["summary"], indent=1))
     click.echo(
@@ -275,10 +285,27 @@ def evaluate_command(params_path: Path, source: Path, output: Path, plots_dir: P
     )
 
 
-def _track_evaluation(params: Params, report: dict, plots_dir: Path) -> None:
+def _track_evaluation(params: Params, report: dict, plots_dir: Path, train_run: Path) -> None:
     import mlflow
 
     from aitimestepper import tracking
+
+    tracking.configure()
+    record = json.loads(train_run.read_text()) if train_run.is_file() else {}
+    pipeline = record.get("pipeline_run_id")
+    if not (
+        pipeline
+        and record.get("model_sha256") == report["model_sha256"]
+        and record.get("tracking_uri") == tracking.tracking_uri()
+    ):
+        pipeline = None
+        logger.info("%s is not the training record of this checkpoint in this store: a stand-alone run", train_run)
+    name = (
+        f"{mlflow.get_run(pipeline).info.run_name} · evaluate"
+        if pipeline
+        else f"evaluate · {Path(report['source']).name} {report['model_sha256'][:8]}"
+    )
+    results = tracking.result_metrics(report)
 
     metrics = {
         f"t{threshold}/{family}/{policy}/{key}": float(value)
@@ -290,11 +317,14 @@ def _track_evaluation(params: Params, report: dict, plots_dir: Path) -> None:
     }
     with tracking.tracked_run(
         params.tracking.experiment_name,
-        "evaluate",
+        name,
         params.to_contract(),
         tags={"stage": "evaluate", "model": report["source"], "model_sha256": report["model_sha256"]},
+        parent_run_id=pipeline,
     ):
-        mlflow.log_metrics({**metrics, **{f"headline/{key}": value for key, value in report["headline"].items()}})
+        mlflow.log_metrics({**metrics, **results})
+        if pipeline:
+            mlflow.log_metrics(results, run_id=pipeline)
         mlflow.log_dict(report, "evaluate.json")
         for plot in sorted(plots_dir.glob("*.png")):
             mlflow.log_artifact(str(plot), artifact_path="plots")
@@ -346,6 +376,47 @@ def promote_command(
     write_json(output, decision)
     verb = "promoted" if decision["promoted"] else "kept the champion; did not promote"
     click.echo(f"{verb} version {decision['version']} ({decision['reason']}) -> {output}")
+
+
+@main.command("server")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".server"),
+    show_default=True,
+    help="The server's data: PostgreSQL cluster, artifact store, logs (kept between starts).",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True, help="Tracking server port.")
+@click.option("--postgres-port", type=click.IntRange(1, 65535), default=5433, show_default=True)
+def server_command(directory: Path, port: int, postgres_port: int) -> None:
+    """Run a shared MLflow tracking server (PostgreSQL backend store, proxied artifact store) on
+    127.0.0.1 until Ctrl-C; clients set MLFLOW_TRACKING_URI=http://127.0.0.1:PORT."""
+    import signal
+    import time
+
+    from aitimestepper.server import ServerError, running_server
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    click.echo(f"starting PostgreSQL on 127.0.0.1:{postgres_port} and MLflow on 127.0.0.1:{port} ...", err=True)
+    try:
+        with running_server(directory, port, postgres_port) as server:
+            click.echo(
+                f"MLflow tracking server (PostgreSQL store, artifacts in {server.directory / 'artifacts'}) at "
+                f"{server.uri}; PIDs {server.pids}\n  export MLFLOW_TRACKING_URI={server.uri}\nCtrl-C stops it."
+            )
+            try:
+                while not server.exited():
+                    time.sleep(1.0)
+            except KeyboardInterrupt:
+                click.echo("stopping ...", err=True)
+                return
+            raise ServerError(f"{', '.join(server.exited())} exited; see the logs in {server.directory}")
+    except ServerError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.command("bench")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -46,9 +47,16 @@ class SimulationModel(PythonModel):
             raise MlflowException.invalid_parameter_value(str(error)) from None
 
 
+def pip_requirements() -> list[str]:
+    """The package's own pinned runtime requirements (its code travels with the model). Stated,
+    not inferred: mlflow's inference loads the model in a subprocess (about 40 s) and misses torch
+    and numba, which the model imports lazily."""
+    return [requirement for requirement in metadata.requires("aitimestepper") if "extra ==" not in requirement]
+
+
 def log_simulation_model(checkpoint: Path, name: str = "model", registered_model_name: str | None = None):
-    """Log the checkpoint as a pyfunc model in the active run, with the package's code,
-    a signature and an input example. Returns mlflow's ``ModelInfo``."""
+    """Log the checkpoint as a pyfunc model in the active run, with the package's code and
+    requirements, a signature and an input example. Returns mlflow's ``ModelInfo``."""
     import aitimestepper
     from aitimestepper.checkpoint import load_policy
     from aitimestepper.serving import example_request, parse_requests, simulate_requests
@@ -61,6 +69,7 @@ def log_simulation_model(checkpoint: Path, name: str = "model", registered_model
         python_model=SimulationModel(),
         artifacts={CHECKPOINT_ARTIFACT: str(checkpoint)},
         code_paths=[str(Path(aitimestepper.__file__).parent)],
+        pip_requirements=pip_requirements(),
         signature=_signature(example, output.infer_objects()),
         input_example=example,
         registered_model_name=registered_model_name,

@@ -3,7 +3,15 @@
 The embedded default store is SQLite in the repository root, ``sqlite:///<root>/mlflow.db``,
 with artifacts in ``<root>/mlartifacts``; ``<root>`` is ``DVC_ROOT`` when DVC runs the stage
 (so queued experiments, which run in temporary copies, land in the same store) and the working
-directory otherwise. ``MLFLOW_TRACKING_URI`` points elsewhere, e.g. a shared server.
+directory otherwise. ``MLFLOW_TRACKING_URI`` points elsewhere, e.g. a shared server
+(:mod:`aitimestepper.server`).
+
+How runs are laid out, so one row of the UI's runs table holds a pipeline execution's params and
+results: the train stage opens a *pipeline run*, named by the DVC experiment (``DVC_EXP_NAME``)
+or, outside ``dvc exp run``, by threshold, seed and commit (:func:`execution_name`); training is
+its child run ``<name> · train``. The evaluate stage adds the child ``<name> · evaluate`` and logs
+the headline results (:func:`result_metrics`) on the pipeline run too. Experiments carry the tag
+that opens them in the UI's model-training view.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 
@@ -37,16 +46,29 @@ def configure() -> str:
     return uri
 
 
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(name: str) -> str:
-    """The id of experiment ``name``, created with an absolute artifact location if new."""
+    """The id of experiment ``name``, created with an absolute artifact location if new, and
+    tagged to open in the UI's model-training view (not the GenAI traces overview)."""
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    if tracking_uri().startswith("sqlite:"):
-        artifact_location = (project_root() / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
+    if experiment is None:
+        artifact_location = None
+        if tracking_uri().startswith("sqlite:"):
+            artifact_location = (project_root() / "mlartifacts").as_uri()
+        try:
+            return client.create_experiment(
+                name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING}
+            )
+        except MlflowException:  # created meanwhile by a parallel run (a queued sweep)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return experiment.experiment_id
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -61,16 +83,31 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def git_commit() -> str | None:
+    """The project's git HEAD, or None outside a git repository."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def execution_name(energy_threshold: float, seed: int) -> str:
+    """The pipeline run's name: the DVC experiment's under ``dvc exp run``, else e.g.
+    ``threshold 0.0002 · seed 0 · 104812f``."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    commit = git_commit()
+    return f"threshold {energy_threshold:g} · seed {seed}" + (f" · {commit[:7]}" if commit else "")
+
+
 def run_tags() -> dict[str, str]:
     """Provenance: git commit and, under ``dvc exp run``, the experiment name and baseline."""
     tags = {}
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
+    commit = git_commit()
+    if commit:
         tags["git_commit"] = commit
-    except (OSError, subprocess.SubprocessError):
-        pass
     for variable, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]
@@ -88,15 +125,41 @@ class EpochMetrics:
         mlflow.log_metrics(finite, step=epoch, run_id=self.run_id)
 
 
+def result_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """An evaluation report's results as chartable metrics, at the threshold the model was trained
+    for: ``results/worst_family_pass_rate``, ``results/cost_ratio_to_oracle`` (the headline),
+    ``results/families_meeting_targets``, and per family ``results/<family>/cost_vs_oracle``,
+    ``.../cost_vs_best_classical`` (same paths) and ``.../pass_rate`` of the learned policy."""
+    families = report["summary"][f"{report['trained_threshold']:g}"]
+    metrics = {f"results/{key}": float(value) for key, value in report["headline"].items()}
+    metrics["results/families_meeting_targets"] = float(sum(bool(row["targets_met"]) for row in families.values()))
+    for family, row in families.items():
+        metrics[f"results/{family}/cost_vs_oracle"] = float(row["learned"])
+        metrics[f"results/{family}/cost_vs_best_classical"] = float(row["learned_to_best_classical"])
+        metrics[f"results/{family}/pass_rate"] = float(row["learned_pass_rate"])
+    return metrics
+
+
 @contextmanager
 def tracked_run(
-    experiment_name: str, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str] = ()
+    experiment_name: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str] = (),
+    parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start an MLflow run with flattened ``params`` and provenance tags; end it on exit
-    (status FAILED if the block raises)."""
+    """Start an MLflow run (a child of ``parent_run_id``, or of the active run, if any) with
+    flattened ``params`` and provenance tags; end it on exit (status FAILED if the block raises)."""
     configure()
     experiment_id = ensure_experiment(experiment_name)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={**run_tags(), **dict(tags)}) as run:
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=run_name,
+        nested=nested,
+        parent_run_id=parent_run_id,
+        tags={**run_tags(), **dict(tags)},
+    ) as run:
         flat = flatten(params)
         items = list(flat.items())
         for start in range(0, len(items), 100):

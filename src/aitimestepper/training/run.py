@@ -34,8 +34,8 @@ def run_training(
     """Train with a progress bar; with ``tracking``, log everything to MLflow.
 
     Writes ``models_dir/model.pt``, ``checkpoint.pt``, ``training_curves.png`` and
-    ``train_run.json`` (MLflow run id, tracking URI, logged model URI, the kept checkpoint's
-    SHA-256, summary), and the summary plus the kept
+    ``train_run.json`` (MLflow run id and its pipeline run's, tracking URI, logged model URI, the
+    kept checkpoint's SHA-256, summary), and the summary plus the kept
     model's validation metrics to ``metrics_path`` if given.
 
     Returns:
@@ -67,9 +67,12 @@ def run_training(
 
     from aitimestepper import tracking as mlflow_tracking
 
-    with mlflow_tracking.tracked_run(
-        params.tracking.experiment_name, "train", params.to_contract(), tags={"stage": "train"}
-    ) as run:
+    experiment, contract = params.tracking.experiment_name, params.to_contract()
+    name = mlflow_tracking.execution_name(params.energy_threshold, params.seed)
+    with (
+        mlflow_tracking.tracked_run(experiment, name, contract, tags={"stage": "pipeline"}) as pipeline,
+        mlflow_tracking.tracked_run(experiment, f"{name} · train", contract, tags={"stage": "train"}) as run,
+    ):
         result = train(
             params,
             models_dir,
@@ -78,7 +81,9 @@ def run_training(
             on_epoch=on_epoch,
         )
         bar.close()
-        mlflow.log_metrics({f"summary/{k}": float(v) for k, v in result.summary.items()})
+        summary = {f"summary/{k}": float(v) for k, v in result.summary.items()}
+        mlflow.log_metrics(summary)
+        mlflow.log_metrics(summary, run_id=pipeline.info.run_id)
         mlflow.log_dict(params.model_contract(), "contract.json")
         mlflow.log_artifact(str(result.model_path), artifact_path="checkpoint")
         mlflow.set_tag("model_sha256", checkpoint_digest(result.model_path))
@@ -88,6 +93,7 @@ def run_training(
             models_dir,
             metrics_path,
             run_id=run.info.run_id,
+            pipeline_run_id=pipeline.info.run_id,
             uri=mlflow_tracking.tracking_uri(),
             model_uri=model_info.model_uri,
         )
@@ -103,12 +109,14 @@ def _write_outputs(
     run_id: str | None,
     uri: str | None,
     model_uri: str | None = None,
+    pipeline_run_id: str | None = None,
 ) -> None:
     training_curves(result.history, models_dir / CURVES_FILE, kept_epoch=int(result.best.get("epoch", 0)) or None)
     write_json(
         models_dir / RUN_FILE,
         {
             "run_id": run_id,
+            "pipeline_run_id": pipeline_run_id,
             "tracking_uri": uri,
             "model_uri": model_uri,
             "model_sha256": checkpoint_digest(result.model_path),
