@@ -6,7 +6,8 @@ SQLite store ``mlflow.db`` (served for the shots by a throw-away ``mlflow server
 loopback port, stopped by PID), and writes to ``--out`` (default ``results/ui``):
 
 - ``runs_table.png``: the experiment's runs table (pipeline runs with their train and evaluate
-  children, params and ``results/*`` columns);
+  children) in the shared view the evaluate stage stores, with threshold, seed and ``results/*``
+  columns;
 - ``charts.png``: the runs table's chart view (one panel per ``results/*`` metric);
 - ``compare.png``: MLflow's comparison of the newest pipeline runs (up to ``--runs``).
 
@@ -32,6 +33,7 @@ from mlflow.tracking import MlflowClient
 
 from aitimestepper.config import load_params
 from aitimestepper.server import free_port
+from aitimestepper.tracking import RESULTS_VIEW, SHARED_VIEW_TAG
 
 WINDOW = "2400,1300"  # wide: MLflow's assistant panel opens on the right on a first visit
 MODEL_TRAINING = "workflowType=machine_learning"  # the side bar's "Model training" (not GenAI) view
@@ -78,7 +80,8 @@ def take(base: str, store: str, experiment_name: str, out: Path, runs: int, brow
     pipelines = client.search_runs([ident], "tags.stage = 'pipeline'", order_by=["start_time DESC"], max_results=runs)
     out.mkdir(parents=True, exist_ok=True)
     runs_page = f"{base}/#/experiments/{ident}/runs?{MODEL_TRAINING}"
-    screenshot(browser, runs_page, out / "runs_table.png")
+    view = f"&viewStateShareKey={RESULTS_VIEW}" if SHARED_VIEW_TAG + RESULTS_VIEW in experiment.tags else ""
+    screenshot(browser, runs_page + view, out / "runs_table.png")
     screenshot(browser, f"{runs_page}&compareRunsMode=CHART", out / "charts.png")
     if len(pipelines) >= 2:
         query = urllib.parse.urlencode(

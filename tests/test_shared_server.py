@@ -107,6 +107,12 @@ def test_every_run_lands_on_the_server_as_one_row_per_experiment(sweep, shared_s
     assert all(r.info.status == "FINISHED" for r in runs)
     pipelines = {r.info.run_name: r for r in runs if r.data.tags["stage"] == "pipeline"}
     assert set(pipelines) == set(SWEEP)  # named by the DVC experiment
+    # the shared view that shows threshold, seed and the results as columns of the runs table
+    columns = json.loads(experiment.tags["mlflow.sharedViewState.results"])["selectedColumns"]
+    assert columns[:2] == ["params.`energy_threshold`", "params.`seed`"]
+    shown = [column.removeprefix("metrics.`").removesuffix("`") for column in columns[2:]]
+    assert "results/cost_ratio_to_oracle" in shown and len(shown) == 3 + len(SMALL_EVALUATION["suite"])
+    assert all(set(shown) <= set(pipeline.data.metrics) for pipeline in pipelines.values())
     for name, pipeline in pipelines.items():
         threshold, seed = SWEEP[name]
         assert float(pipeline.data.params["energy_threshold"]) == float(threshold)
@@ -193,7 +199,12 @@ def test_the_server_command_serves_until_interrupted_and_stops_both(tmp_path):
     port = free_port()
     command = ["aits", "server", "--dir", str(directory), "--port", str(port), "--postgres-port", str(free_port())]
     process = subprocess.Popen(
-        command, env=pipeline_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=pipeline_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         banner = process.stdout.readline()  # printed once both are up

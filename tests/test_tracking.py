@@ -78,3 +78,15 @@ def test_training_run_lands_in_the_store_with_per_epoch_metrics(tmp_path, store)
     assert stated == pip_requirements() and {"torch==2.13.0", "numba==0.68.1"} <= set(stated)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")] == ["checkpoint/model.pt"]
     assert (tmp_path / "models" / "training_curves.png").stat().st_size > 10_000
+
+
+def test_an_evaluation_joins_only_the_pipeline_run_that_trained_its_checkpoint_in_this_store(tmp_path, store):
+    from aitimestepper.tracking import joined_pipeline_run
+
+    record = tmp_path / "train_run.json"
+    assert joined_pipeline_run(record, "abc") is None  # no training record
+    record.write_text(json.dumps({"pipeline_run_id": "p1", "model_sha256": "abc", "tracking_uri": store}))
+    assert joined_pipeline_run(record, "abc") == "p1"
+    assert joined_pipeline_run(record, "another checkpoint") is None
+    record.write_text(json.dumps({"pipeline_run_id": "p1", "model_sha256": "abc", "tracking_uri": "sqlite:///x.db"}))
+    assert joined_pipeline_run(record, "abc") is None  # trained in another store

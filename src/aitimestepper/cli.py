@@ -291,14 +291,8 @@ def _track_evaluation(params: Params, report: dict, plots_dir: Path, train_run: 
     from aitimestepper import tracking
 
     tracking.configure()
-    record = json.loads(train_run.read_text()) if train_run.is_file() else {}
-    pipeline = record.get("pipeline_run_id")
-    if not (
-        pipeline
-        and record.get("model_sha256") == report["model_sha256"]
-        and record.get("tracking_uri") == tracking.tracking_uri()
-    ):
-        pipeline = None
+    pipeline = tracking.joined_pipeline_run(train_run, report["model_sha256"])
+    if pipeline is None:
         logger.info("%s is not the training record of this checkpoint in this store: a stand-alone run", train_run)
     name = (
         f"{mlflow.get_run(pipeline).info.run_name} · evaluate"
@@ -321,8 +315,10 @@ def _track_evaluation(params: Params, report: dict, plots_dir: Path, train_run: 
         params.to_contract(),
         tags={"stage": "evaluate", "model": report["source"], "model_sha256": report["model_sha256"]},
         parent_run_id=pipeline,
-    ):
+    ) as run:
         mlflow.log_metrics({**metrics, **results})
+        headline = [key for key in results if key.count("/") == 1 or key.endswith("/cost_vs_oracle")]
+        view = tracking.share_results_view(run.info.experiment_id, headline)
         if pipeline:
             mlflow.log_metrics(results, run_id=pipeline)
         mlflow.log_dict(report, "evaluate.json")
@@ -330,6 +326,7 @@ def _track_evaluation(params: Params, report: dict, plots_dir: Path, train_run: 
             mlflow.log_artifact(str(plot), artifact_path="plots")
         for movie in sorted((plots_dir / "movies").glob("*.gif")):
             mlflow.log_artifact(str(movie), artifact_path="movies")
+    click.echo(f"MLflow: the runs table with the results as columns is at <tracking UI>/{view}", err=True)
 
 
 @main.command("promote")
@@ -400,7 +397,8 @@ def server_command(directory: Path, port: int, postgres_port: int) -> None:
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job starts with it ignored
+        signal.signal(stop_signal, interrupt)
     click.echo(f"starting PostgreSQL on 127.0.0.1:{postgres_port} and MLflow on 127.0.0.1:{port} ...", err=True)
     try:
         with running_server(directory, port, postgres_port) as server:

@@ -16,6 +16,7 @@ that opens them in the UI's model-training view.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -138,6 +139,33 @@ def result_metrics(report: Mapping[str, Any]) -> dict[str, float]:
         metrics[f"results/{family}/cost_vs_best_classical"] = float(row["learned_to_best_classical"])
         metrics[f"results/{family}/pass_rate"] = float(row["learned_pass_rate"])
     return metrics
+
+
+def joined_pipeline_run(train_run: Path, model_sha256: str) -> str | None:
+    """The pipeline run id in the training record ``train_run`` (``models/train_run.json``) if
+    that training produced the checkpoint with SHA-256 ``model_sha256`` in the current store;
+    else None (a missing record, another checkpoint, or another store)."""
+    record = json.loads(Path(train_run).read_text()) if Path(train_run).is_file() else {}
+    same = record.get("model_sha256") == model_sha256 and record.get("tracking_uri") == tracking_uri()
+    return record.get("pipeline_run_id") if same else None
+
+
+RESULTS_VIEW = "results"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+
+
+def share_results_view(
+    experiment_id: str, metric_keys: list[str], param_keys: tuple[str, ...] = ("energy_threshold", "seed")
+) -> str:
+    """Store a view of the runs table that shows ``param_keys`` and ``metric_keys`` as columns
+    (the UI shows no param or metric column by default) as the experiment's shared view
+    :data:`RESULTS_VIEW`; open it with ``#/experiments/<id>/runs?viewStateShareKey=results``.
+    Returns that URL fragment."""
+    columns = [f"params.`{key}`" for key in param_keys] + [f"metrics.`{key}`" for key in metric_keys]
+    MlflowClient().set_experiment_tag(
+        experiment_id, SHARED_VIEW_TAG + RESULTS_VIEW, json.dumps({"selectedColumns": columns})
+    )
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={RESULTS_VIEW}"
 
 
 @contextmanager
