@@ -24,7 +24,8 @@ def served_model(model_uri: str, tracking_uri: str, log_path: Path) -> Iterator[
     answers; stop the server (its process group) by PID on exit."""
     port = free_port()
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # e.g. a registry URI set in-process
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     command = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local"]
     with log_path.open("w") as log:
         process = subprocess.Popen(
@@ -48,7 +49,8 @@ def served_model(model_uri: str, tracking_uri: str, log_path: Path) -> Iterator[
             pytest.fail(f"the model server did not answer /ping within 120 s:\n{log_path.read_text()}")
         yield base
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the mlflow PID and its uvicorn child
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)  # the mlflow PID and its uvicorn child
         process.wait(timeout=30)
 
 

@@ -180,7 +180,40 @@ def test_the_champion_simulates_and_serves_from_the_server_alone(sweep, shared_s
     assert row["reached_end"] and row["steps"] > 10
 
 
+@pytest.mark.slow
+def test_concurrent_promotions_on_postgresql_all_land(shared_server, monkeypatch):
+    """Promote stages of a sweep run at once: on PostgreSQL, two first writes of the champion alias
+    collide (a unique-key violation); each promotion must retry and decide again, none fail."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from aitimestepper.registry import promote
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_server.uri)
+    client = MlflowClient(tracking_uri=shared_server.uri)
+    run_id = client.create_run("0").info.run_id
+    for trial in range(3):
+        name = f"race-{trial}"
+        client.create_registered_model(name)
+        for cost in (1.3, 1.2, 1.1, 1.0):
+            version = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id).version
+            client.set_model_version_tag(name, version, "evaluation.worst_family_pass_rate", "1.0")
+            client.set_model_version_tag(name, version, "evaluation.cost_ratio_to_oracle", str(cost))
+        barrier = Barrier(4)
+
+        def promote_at_once(version: int, name=name, barrier=barrier):
+            barrier.wait()
+            return promote(name, version)
+
+        with ThreadPoolExecutor(4) as pool:
+            decisions = list(pool.map(promote_at_once, (1, 2, 3, 4)))
+        assert all(d["promoted"] or d["reason"] == "worse than the champion" for d in decisions), decisions
+        assert int(client.get_model_version_by_alias(name, "champion").version) in {1, 2, 3, 4}
+
+
+@pytest.mark.slow
 def test_the_server_stops_by_pid_and_leaves_no_process(shared_server):
+    """Runs after every test that uses the server (pytest keeps the file's order)."""
     pids = shared_server.pids
     assert set(pids) == {"postgres", "mlflow"}
     shared_server.stop()

@@ -11,6 +11,7 @@ the checkpoint's SHA-256, that the report judged that very version.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from aitimestepper import tracking
 from aitimestepper.atomic import write_json
 
 CANDIDATE, CHAMPION = "candidate", "champion"
+PROMOTION_ATTEMPTS = 5
 PASS_RATE_TARGET = 0.999
 EVALUATION_TAGS = ("worst_family_pass_rate", "cost_ratio_to_oracle")
 
@@ -105,6 +107,10 @@ def _read_json(path: Path) -> dict[str, Any]:
 def promote(name: str, version: int | None = None, *, force: bool = False) -> dict[str, Any]:
     """Move ``champion`` to ``version`` (default: the ``candidate``) unless it is worse.
 
+    Promotions may run at once (a queued sweep's promote stages): if the alias changes between the
+    decision and the write, the decision is taken again against the new champion (up to
+    :data:`PROMOTION_ATTEMPTS` times). Two candidates decided at the same instant are last-writer-wins.
+
     Returns:
         The decision: promoted (bool), version, previous champion, reason.
 
@@ -122,6 +128,27 @@ def promote(name: str, version: int | None = None, *, force: bool = False) -> di
     except MlflowException as error:
         raise RegistryError(f"no such model version of {name!r} in {tracking.tracking_uri()}: {error}") from None
     candidate = _evaluation(chosen)
+    for attempt in range(1, PROMOTION_ATTEMPTS + 1):
+        decision = _decision(client, chosen, candidate, force)
+        if not decision["promoted"]:
+            return decision
+        try:
+            client.set_registered_model_alias(name, CHAMPION, chosen.version)
+            return decision
+        except MlflowException as error:
+            # another promotion created the alias between our read and our write (on PostgreSQL a
+            # unique-key violation): decide again, against the champion it set
+            failure = error
+            time.sleep(0.1 * attempt)
+    raise RegistryError(
+        f"cannot set {name!r}@{CHAMPION} in {tracking.tracking_uri()} in {PROMOTION_ATTEMPTS} attempts: {failure}"
+    )
+
+
+def _decision(client: MlflowClient, chosen, candidate: dict[str, float], force: bool) -> dict[str, Any]:
+    """Whether ``chosen`` (evaluated as ``candidate``) should be the champion, judged against the
+    current champion."""
+    name = chosen.name
     try:
         champion_version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
@@ -141,8 +168,6 @@ def promote(name: str, version: int | None = None, *, force: bool = False) -> di
         )
         promoted = not_worse or force
         reason = "not worse than the champion" if not_worse else ("forced" if force else "worse than the champion")
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, chosen.version)
     return {**decision, "promoted": promoted, "reason": reason}
 
 
