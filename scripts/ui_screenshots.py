@@ -8,7 +8,8 @@ loopback port, stopped by PID), and writes to ``--out`` (default ``results/ui``)
 - ``runs_table.png``: the experiment's runs table in the shared view the evaluate stage stores
   (threshold, seed and ``results/*`` columns), the newest pipeline run expanded to show its train
   and evaluate children;
-- ``charts.png``: the runs table's chart view (one panel per ``results/*`` metric);
+- ``charts.png``: the runs table's chart view in the same view (one bar chart per ``results/*``
+  metric, a bar per run);
 - ``compare.png``: MLflow's comparison of the newest pipeline runs (up to ``--runs``).
 
 Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: no port,
@@ -159,7 +160,7 @@ def take(base: str, store: str, experiment_name: str, out: Path, runs: int) -> N
     browser = Chromium(_browser())
     try:
         browser.screenshot(runs_page + view, out / "runs_table.png", newest, actions=(EXPAND_FIRST_RUN,))
-        browser.screenshot(f"{runs_page}&compareRunsMode=CHART", out / "charts.png", newest)
+        browser.screenshot(f"{runs_page}&compareRunsMode=CHART{view}", out / "charts.png", newest)
         if len(pipelines) >= 2:
             ids = json.dumps([r.info.run_id for r in pipelines])
             query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([ident])})

@@ -59,7 +59,8 @@ def test_dvc_repro_runs_the_whole_pipeline_and_a_second_clone_pulls_it(tmp_path)
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{copy / 'mlflow.db'}")
+    store = f"sqlite:///{copy / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not a registry URI another test set in-process
     [experiment] = [e for e in client.search_experiments() if e.name == params["tracking"]["experiment_name"]]
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view
     runs = client.search_runs([experiment.experiment_id])

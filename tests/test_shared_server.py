@@ -99,7 +99,7 @@ def test_every_queued_experiment_succeeds_and_dvc_lists_it(sweep):
 @pytest.mark.slow
 def test_every_run_lands_on_the_server_as_one_row_per_experiment(sweep, shared_server):
     _, params, _, _ = sweep
-    client = MlflowClient(tracking_uri=shared_server.uri)
+    client = MlflowClient(tracking_uri=shared_server.uri, registry_uri=shared_server.uri)
     experiment = client.get_experiment_by_name(params["tracking"]["experiment_name"])
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
@@ -108,7 +108,9 @@ def test_every_run_lands_on_the_server_as_one_row_per_experiment(sweep, shared_s
     pipelines = {r.info.run_name: r for r in runs if r.data.tags["stage"] == "pipeline"}
     assert set(pipelines) == set(SWEEP)  # named by the DVC experiment
     # the shared view that shows threshold, seed and the results as columns of the runs table
-    columns = json.loads(experiment.tags["mlflow.sharedViewState.results"])["selectedColumns"]
+    view = json.loads(experiment.tags["mlflow.sharedViewState.results"])
+    columns = view["selectedColumns"]
+    assert view["chartsSearchFilter"] == "results/"  # the chart mode shows the results only
     assert columns[:2] == ["params.`energy_threshold`", "params.`seed`"]
     shown = [column.removeprefix("metrics.`").removesuffix("`") for column in columns[2:]]
     assert "results/cost_ratio_to_oracle" in shown and len(shown) == 3 + len(SMALL_EVALUATION["suite"])
@@ -146,7 +148,7 @@ def test_every_run_lands_on_the_server_as_one_row_per_experiment(sweep, shared_s
 @pytest.mark.slow
 def test_the_registry_holds_one_distinct_version_per_experiment_and_a_champion(sweep, shared_server):
     _, params, _, _ = sweep
-    client = MlflowClient(tracking_uri=shared_server.uri)
+    client = MlflowClient(tracking_uri=shared_server.uri, registry_uri=shared_server.uri)
     name = params["tracking"]["registered_model_name"]
     versions = client.search_model_versions(f"name = '{name}'")
     assert sorted(int(v.version) for v in versions) == list(range(1, len(SWEEP) + 1))
@@ -182,17 +184,18 @@ def test_the_champion_simulates_and_serves_from_the_server_alone(sweep, shared_s
 
 @pytest.mark.slow
 def test_concurrent_promotions_on_postgresql_all_land(shared_server, monkeypatch):
-    """Promote stages of a sweep run at once: on PostgreSQL, two first writes of the champion alias
-    collide (a unique-key violation); each promotion must retry and decide again, none fail."""
+    """Register and promote stages of a sweep run at once: on PostgreSQL, two first writes of an
+    alias collide (a unique-key violation); each write must retry (a promotion deciding again),
+    none fail."""
     from concurrent.futures import ThreadPoolExecutor
     from threading import Barrier
 
-    from aitimestepper.registry import promote
+    from aitimestepper.registry import promote, set_alias
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_server.uri)
-    client = MlflowClient(tracking_uri=shared_server.uri)
+    client = MlflowClient(tracking_uri=shared_server.uri, registry_uri=shared_server.uri)
     run_id = client.create_run("0").info.run_id
-    for trial in range(3):
+    for trial in range(5):
         name = f"race-{trial}"
         client.create_registered_model(name)
         for cost in (1.3, 1.2, 1.1, 1.0):
@@ -205,8 +208,14 @@ def test_concurrent_promotions_on_postgresql_all_land(shared_server, monkeypatch
             barrier.wait()
             return promote(name, version)
 
+        def register_at_once(version: int, name=name, barrier=barrier):
+            barrier.wait()
+            set_alias(client, name, "candidate", version)
+
         with ThreadPoolExecutor(4) as pool:
+            list(pool.map(register_at_once, (1, 2, 3, 4)))  # the register stages' first writes of `candidate`
             decisions = list(pool.map(promote_at_once, (1, 2, 3, 4)))
+        assert int(client.get_model_version_by_alias(name, "candidate").version) in {1, 2, 3, 4}
         assert all(d["promoted"] or d["reason"] == "worse than the champion" for d in decisions), decisions
         assert int(client.get_model_version_by_alias(name, "champion").version) in {1, 2, 3, 4}
 

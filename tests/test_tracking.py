@@ -52,7 +52,7 @@ def test_training_run_lands_in_the_store_with_per_epoch_metrics(tmp_path, store)
     summary = run_training(params, tmp_path / "models")
     record = json.loads((tmp_path / "models" / "train_run.json").read_text())
     assert record["tracking_uri"] == store and record["summary"] == summary
-    client = MlflowClient(tracking_uri=store)
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     run = client.get_run(record["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["energy_threshold"] == "0.0002"

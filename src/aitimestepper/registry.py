@@ -23,7 +23,7 @@ from aitimestepper import tracking
 from aitimestepper.atomic import write_json
 
 CANDIDATE, CHAMPION = "candidate", "champion"
-PROMOTION_ATTEMPTS = 5
+ALIAS_ATTEMPTS = PROMOTION_ATTEMPTS = 5
 PASS_RATE_TARGET = 0.999
 EVALUATION_TAGS = ("worst_family_pass_rate", "cost_ratio_to_oracle")
 
@@ -45,7 +45,7 @@ def register_trained(train_run: Path, name: str, output: Path) -> dict[str, Any]
     except MlflowException as error:
         raise RegistryError(f"cannot register {record['model_uri']} in {tracking.tracking_uri()}: {error}") from None
     client = MlflowClient()
-    client.set_registered_model_alias(name, CANDIDATE, version.version)
+    set_alias(client, name, CANDIDATE, version.version)
     if record.get("model_sha256"):
         client.set_model_version_tag(name, version.version, "model_sha256", record["model_sha256"])
     registered = {
@@ -59,6 +59,26 @@ def register_trained(train_run: Path, name: str, output: Path) -> dict[str, Any]
     }
     write_json(output, registered)
     return registered
+
+
+def set_alias(client: MlflowClient, name: str, alias: str, version: str | int) -> None:
+    """Point ``alias`` of model ``name`` at ``version``, retrying a write that collided with
+    another process creating the same alias (on PostgreSQL a unique-key violation; parallel
+    queued experiments register at once).
+
+    Raises:
+        RegistryError: still failing after :data:`ALIAS_ATTEMPTS` attempts.
+    """
+    for attempt in range(1, ALIAS_ATTEMPTS + 1):
+        try:
+            client.set_registered_model_alias(name, alias, str(version))
+            return
+        except MlflowException as error:
+            failure = error
+            time.sleep(0.1 * attempt)
+    raise RegistryError(
+        f"cannot set {name!r}@{alias} in {tracking.tracking_uri()} in {ALIAS_ATTEMPTS} attempts: {failure}"
+    )
 
 
 def record_evaluation(name: str, version: int, metrics: dict[str, float]) -> None:

@@ -158,13 +158,12 @@ def share_results_view(
     experiment_id: str, metric_keys: list[str], param_keys: tuple[str, ...] = ("energy_threshold", "seed")
 ) -> str:
     """Store a view of the runs table that shows ``param_keys`` and ``metric_keys`` as columns
-    (the UI shows no param or metric column by default) as the experiment's shared view
-    :data:`RESULTS_VIEW`; open it with ``#/experiments/<id>/runs?viewStateShareKey=results``.
-    Returns that URL fragment."""
+    (the UI shows no param or metric column by default), and in its chart mode only the
+    ``results/*`` charts, as the experiment's shared view :data:`RESULTS_VIEW`; open it with
+    ``#/experiments/<id>/runs?viewStateShareKey=results``. Returns that URL fragment."""
     columns = [f"params.`{key}`" for key in param_keys] + [f"metrics.`{key}`" for key in metric_keys]
-    MlflowClient().set_experiment_tag(
-        experiment_id, SHARED_VIEW_TAG + RESULTS_VIEW, json.dumps({"selectedColumns": columns})
-    )
+    view = {"selectedColumns": columns, "chartsSearchFilter": "results/"}
+    MlflowClient().set_experiment_tag(experiment_id, SHARED_VIEW_TAG + RESULTS_VIEW, json.dumps(view))
     return f"#/experiments/{experiment_id}/runs?viewStateShareKey={RESULTS_VIEW}"
 
 
